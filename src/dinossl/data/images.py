@@ -1,0 +1,131 @@
+"""Image sources: folders with or without class subfolders, and in-memory arrays.
+
+An image source gives ``len(source)`` and ``source.load(i) -> (PIL RGB image, label)``;
+unlabeled images carry label -1. Files that cannot be decoded raise
+:class:`UnreadableImage`, which the loaders skip and count.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Protocol, Sequence
+
+import numpy as np
+from PIL import Image, UnidentifiedImageError
+
+from dinossl.errors import DataError
+
+IMAGE_EXTENSIONS = (".jpg", ".jpeg", ".png", ".bmp", ".webp", ".tif", ".tiff", ".gif", ".ppm")
+
+
+class UnreadableImage(Exception):
+    """An image file that exists but cannot be decoded."""
+
+
+class ImageSource(Protocol):
+    classes: list[str]
+
+    def __len__(self) -> int: ...
+
+    def load(self, index: int) -> tuple[Image.Image, int]: ...
+
+
+def _is_image(path: Path) -> bool:
+    return path.is_file() and path.suffix.lower() in IMAGE_EXTENSIONS
+
+
+class ImageFolder:
+    """Images under ``root``: ``root/<class>/**/img`` are labelled by class (sorted names),
+    images directly in ``root`` are unlabeled (-1). Other files are ignored."""
+
+    def __init__(self, root: str | Path) -> None:
+        self.root = Path(root)
+        if not self.root.exists():
+            raise DataError(f"data folder {self.root} does not exist")
+        if not self.root.is_dir():
+            raise DataError(f"data path {self.root} is a file, not a folder of images")
+        entries = sorted(self.root.iterdir())
+        class_dirs = [d for d in entries if d.is_dir() and not d.name.startswith(".")]
+        self.classes: list[str] = []
+        files: list[Path] = []
+        labels: list[int] = []
+        for path in entries:
+            if _is_image(path):
+                files.append(path)
+                labels.append(-1)
+        for class_dir in class_dirs:
+            found = sorted(p for p in class_dir.rglob("*") if _is_image(p))
+            if not found:
+                continue
+            label = len(self.classes)
+            self.classes.append(class_dir.name)
+            files.extend(found)
+            labels.extend([label] * len(found))
+        if not files:
+            if not entries:
+                raise DataError(f"data folder {self.root} is empty")
+            raise DataError(
+                f"no images found in {self.root} (looked for {', '.join(IMAGE_EXTENSIONS)} files "
+                "directly inside it or in class subfolders)"
+            )
+        self.files = files
+        self.labels = np.asarray(labels, dtype=np.int64)
+        self._check_some_readable()
+
+    def _check_some_readable(self, count: int = 16) -> None:
+        indices = np.linspace(0, len(self.files) - 1, num=min(count, len(self.files))).astype(int)
+        for index in indices:
+            try:
+                self.load(int(index))
+                return
+            except UnreadableImage:
+                continue
+        raise DataError(f"none of {len(indices)} images checked in {self.root} could be decoded")
+
+    @property
+    def labeled(self) -> bool:
+        return bool((self.labels >= 0).all())
+
+    def __len__(self) -> int:
+        return len(self.files)
+
+    def load(self, index: int) -> tuple[Image.Image, int]:
+        path = self.files[index]
+        try:
+            with Image.open(path) as image:
+                rgb = image.convert("RGB")
+        except (UnidentifiedImageError, OSError, ValueError, SyntaxError) as exc:
+            raise UnreadableImage(f"{path}: {exc}") from exc
+        return rgb, int(self.labels[index])
+
+
+class ArrayImages:
+    """Images held in a uint8 array (N, H, W, 3) with integer labels (N,)."""
+
+    def __init__(self, pixels: np.ndarray, labels: np.ndarray, classes: Sequence[str]) -> None:
+        if pixels.ndim != 4 or pixels.shape[-1] != 3 or pixels.dtype != np.uint8:
+            raise ValueError(f"expected uint8 pixels (N, H, W, 3), got {pixels.dtype} {pixels.shape}")
+        if len(labels) != len(pixels):
+            raise ValueError("pixels and labels differ in length")
+        self.pixels = pixels
+        self.labels = np.asarray(labels, dtype=np.int64)
+        self.classes = list(classes)
+
+    @property
+    def labeled(self) -> bool:
+        return bool((self.labels >= 0).all())
+
+    def __len__(self) -> int:
+        return len(self.pixels)
+
+    def load(self, index: int) -> tuple[Image.Image, int]:
+        return Image.fromarray(self.pixels[index]), int(self.labels[index])
+
+
+def open_images(path: str | Path | None, split: str = "train") -> ImageFolder | ArrayImages:
+    """A folder of images, or the built-in CIFAR-10 sample's ``split`` when ``path`` is None."""
+    if path is None:
+        from dinossl.data.sample import load_sample
+
+        return load_sample(split)
+    return ImageFolder(path)

@@ -1,0 +1,119 @@
+"""Multi-crop dataset, epoch-sharded sampler and the training DataLoader.
+
+Each sample's augmentation is seeded from (seed, epoch, index), so crops are the same
+whatever the number of processes or workers, differ between images and epochs, and a
+resumed run sees the crops an uninterrupted run would have seen.
+"""
+
+from __future__ import annotations
+
+import logging
+from typing import Callable, Iterator, Optional
+
+import numpy as np
+import torch
+from torch.utils.data import DataLoader, Dataset, Sampler
+
+from dinossl.data.images import ImageSource, UnreadableImage
+
+log = logging.getLogger("dinossl")
+
+
+def sample_seed(seed: int, epoch: int, index: int) -> int:
+    """A 63-bit seed unique to one image in one epoch of one run."""
+    return int(np.random.SeedSequence([seed, epoch, index]).generate_state(2, dtype=np.uint32).view(np.uint64)[0] >> 1)
+
+
+class MultiCropDataset(Dataset):
+    """Indexed by (index, epoch); returns (list of crop tensors, label) or None if unreadable."""
+
+    def __init__(self, source: ImageSource, transform: Callable, seed: int) -> None:
+        self.source, self.transform, self.seed = source, transform, seed
+
+    def __len__(self) -> int:
+        return len(self.source)
+
+    def __getitem__(self, key: tuple[int, int]):
+        index, epoch = key
+        try:
+            image, label = self.source.load(index)
+        except UnreadableImage as exc:
+            log.debug("skipping unreadable image %s", exc)
+            return None
+        with torch.random.fork_rng(devices=[]):
+            torch.manual_seed(sample_seed(self.seed, epoch, index))
+            crops = self.transform(image)
+        return crops, label
+
+
+class ShardedEpochSampler(Sampler):
+    """Yields (index, epoch) for this process's share of each epoch's global batches.
+
+    The epoch's permutation (seeded by seed + epoch) is cut into global batches of
+    ``batch_size * world_size`` images, the incomplete last one dropped; process ``rank``
+    takes every ``world_size``-th image of each global batch. With one process this is the
+    plain shuffled order, and the union over processes of step s is the same global batch.
+    """
+
+    def __init__(self, num_samples: int, batch_size: int, rank: int = 0, world_size: int = 1,
+                 seed: int = 0, shuffle: bool = True) -> None:
+        self.num_samples, self.batch_size = num_samples, batch_size
+        self.rank, self.world_size, self.seed, self.shuffle = rank, world_size, seed, shuffle
+        self.epoch = 0
+
+    @property
+    def steps_per_epoch(self) -> int:
+        return self.num_samples // (self.batch_size * self.world_size)
+
+    def set_epoch(self, epoch: int) -> None:
+        self.epoch = epoch
+
+    def __len__(self) -> int:
+        return self.steps_per_epoch * self.batch_size
+
+    def __iter__(self) -> Iterator[tuple[int, int]]:
+        if self.shuffle:
+            order = torch.randperm(self.num_samples, generator=torch.Generator().manual_seed(self.seed + self.epoch))
+        else:
+            order = torch.arange(self.num_samples)
+        global_batch = self.batch_size * self.world_size
+        for step in range(self.steps_per_epoch):
+            chunk = order[step * global_batch:(step + 1) * global_batch]
+            for index in chunk[self.rank::self.world_size].tolist():
+                yield index, self.epoch
+
+
+def collate_crops(items: list) -> tuple[list[torch.Tensor], torch.Tensor, int]:
+    """Stack view-wise: ([V x (B, 3, S_v, S_v)], labels (B,), number of skipped images)."""
+    good = [item for item in items if item is not None]
+    skipped = len(items) - len(good)
+    if not good:
+        return [], torch.empty(0, dtype=torch.long), skipped
+    num_views = len(good[0][0])
+    crops = [torch.stack([item[0][v] for item in good]) for v in range(num_views)]
+    labels = torch.tensor([item[1] for item in good], dtype=torch.long)
+    return crops, labels, skipped
+
+
+def _seed_worker(worker_id: int) -> None:
+    # Crops are seeded per sample; this only keeps other libraries' RNGs distinct per worker.
+    info = torch.utils.data.get_worker_info()
+    np.random.seed(info.seed % 2**32)
+
+
+def build_train_loader(dataset: MultiCropDataset, sampler: ShardedEpochSampler, batch_size: int,
+                       num_workers: int, pin_memory: bool, generator: Optional[torch.Generator] = None) -> DataLoader:
+    """DataLoader over the sampler's share, with persistent, pinned workers when asked."""
+    return DataLoader(
+        dataset,
+        batch_size=batch_size,
+        sampler=sampler,
+        drop_last=True,
+        collate_fn=collate_crops,
+        num_workers=num_workers,
+        pin_memory=pin_memory,
+        persistent_workers=num_workers > 0,
+        worker_init_fn=_seed_worker if num_workers > 0 else None,
+        generator=generator,
+        prefetch_factor=4 if num_workers > 0 else None,
+    )

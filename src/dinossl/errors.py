@@ -1,0 +1,17 @@
+"""User-facing errors: the CLI prints their message on one line and exits non-zero."""
+
+
+class DinoError(Exception):
+    """An error caused by the user's input (data, config, checkpoint), not a bug."""
+
+
+class ConfigError(DinoError):
+    """A configuration value that does not validate; the message names the field."""
+
+
+class DataError(DinoError):
+    """Missing, empty or unreadable data."""
+
+
+class CheckpointError(DinoError):
+    """A checkpoint or weights file that cannot be used here."""

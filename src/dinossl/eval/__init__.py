@@ -1,0 +1,1 @@
+"""Evaluation of frozen or fine-tuned backbones."""

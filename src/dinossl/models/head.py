@@ -1,0 +1,74 @@
+"""DINO projection head: MLP, L2 normalisation, weight-normalised prototype layer."""
+
+from __future__ import annotations
+
+import torch
+from torch import nn
+from torch.nn import functional as F
+
+
+class WeightNormLinear(nn.Module):
+    """Linear layer without bias whose weight is ``g * v / ||v||`` row by row.
+
+    Parameters carry the names of ``torch.nn.utils.weight_norm`` (``weight_g`` K x 1,
+    ``weight_v`` K x in), as in the released DINO checkpoints. With ``fix_norm`` the norm
+    ``g`` is 1 and frozen, so the layer only learns directions.
+    """
+
+    def __init__(self, in_dim: int, out_dim: int, fix_norm: bool = True) -> None:
+        super().__init__()
+        self.weight_v = nn.Parameter(torch.empty(out_dim, in_dim))
+        nn.init.kaiming_uniform_(self.weight_v, a=5**0.5)  # nn.Linear's default
+        self.weight_g = nn.Parameter(self.weight_v.detach().norm(dim=1, keepdim=True).clone())
+        if fix_norm:
+            self.weight_g.data.fill_(1.0)
+            self.weight_g.requires_grad = False
+
+    @property
+    def weight(self) -> torch.Tensor:
+        """Effective weight (K, in)."""
+        return self.weight_g * F.normalize(self.weight_v, dim=1)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        """(B, in) -> (B, K)."""
+        return F.linear(x, self.weight)
+
+
+class DINOHead(nn.Module):
+    """Linear(d, h)-GELU-Linear(h, h)-GELU-Linear(h, b), L2-normalise, WeightNormLinear(b, K).
+
+    ``use_bn`` puts a BatchNorm after each hidden Linear (for convnets). Keys follow the
+    reference layout: ``mlp.{0,2,4}`` (with BN ``mlp.{0,1,3,4,6}``) and ``last_layer``.
+    """
+
+    def __init__(
+        self,
+        in_dim: int,
+        out_dim: int = 65536,
+        hidden_dim: int = 2048,
+        bottleneck_dim: int = 256,
+        use_bn: bool = False,
+        norm_last_layer: bool = True,
+    ) -> None:
+        super().__init__()
+        layers: list[nn.Module] = [nn.Linear(in_dim, hidden_dim)]
+        if use_bn:
+            layers.append(nn.BatchNorm1d(hidden_dim))
+        layers.append(nn.GELU())
+        layers.append(nn.Linear(hidden_dim, hidden_dim))
+        if use_bn:
+            layers.append(nn.BatchNorm1d(hidden_dim))
+        layers.append(nn.GELU())
+        layers.append(nn.Linear(hidden_dim, bottleneck_dim))
+        self.mlp = nn.Sequential(*layers)
+        for module in self.mlp:
+            if isinstance(module, nn.Linear):
+                nn.init.trunc_normal_(module.weight, std=0.02)
+                nn.init.zeros_(module.bias)
+        self.last_layer = WeightNormLinear(bottleneck_dim, out_dim, fix_norm=norm_last_layer)
+
+    def forward(self, features: torch.Tensor) -> torch.Tensor:
+        """(B, d) backbone features -> (B, K) logits."""
+        x = self.mlp(features)
+        x = F.normalize(x, dim=-1, p=2)
+        return self.last_layer(x)

@@ -1,0 +1,85 @@
+"""The DINO objective: cross-entropy between a centred, sharpened teacher and the student."""
+
+from __future__ import annotations
+
+import torch
+from torch import nn
+from torch import distributed as dist
+from torch.nn import functional as F
+
+
+class DINOLoss(nn.Module):
+    """H(P_t(i), P_s(v)) averaged over teacher views i in {0, 1} and student views v != i.
+
+    P_s = softmax(student / student_temp); P_t = softmax((teacher - center) / teacher_temp).
+    The center (1, K) is an EMA of the teacher's batch mean (all-reduced across processes
+    when distributed), updated after the loss is computed.
+    """
+
+    def __init__(self, out_dim: int, student_temp: float = 0.1, center_momentum: float = 0.9) -> None:
+        super().__init__()
+        self.student_temp = student_temp
+        self.center_momentum = center_momentum
+        self.register_buffer("center", torch.zeros(1, out_dim))
+
+    def forward(
+        self,
+        student_logits: torch.Tensor,
+        teacher_logits: torch.Tensor,
+        teacher_temp: float,
+        update_center: bool = True,
+    ) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
+        """Loss for one batch.
+
+        Args:
+            student_logits: (V * B, K), views in order (global 1, global 2, locals...).
+            teacher_logits: (2 * B, K), the two global views.
+            teacher_temp: the teacher temperature of the current epoch.
+            update_center: apply the center EMA after computing the loss.
+
+        Returns:
+            The scalar loss and detached diagnostics: ``teacher_entropy`` (mean H(P_t)) and
+            ``kl`` (mean KL(P_t || P_s) over the same pairs as the loss).
+        """
+        num_teacher_views = 2
+        batch = teacher_logits.shape[0] // num_teacher_views
+        num_views = student_logits.shape[0] // batch
+        if num_views < num_teacher_views or num_views * batch != student_logits.shape[0]:
+            raise ValueError(
+                f"student logits {tuple(student_logits.shape)} do not hold whole views of batch {batch}"
+            )
+        log_p_student = F.log_softmax(student_logits.float() / self.student_temp, dim=-1)
+        log_p_student = log_p_student.view(num_views, batch, -1)
+        with torch.no_grad():
+            centred = (teacher_logits.float() - self.center) / teacher_temp
+            log_p_teacher = F.log_softmax(centred, dim=-1).view(num_teacher_views, batch, -1)
+            p_teacher = log_p_teacher.exp()
+
+        # sum over v != i of log P_s(v) = (sum over all v) - log P_s(i): one pass per view.
+        sum_log_p_student = log_p_student.sum(dim=0)
+        total = student_logits.new_zeros((), dtype=torch.float32)
+        for i in range(num_teacher_views):
+            others = sum_log_p_student - log_p_student[i]
+            total = total - (p_teacher[i] * others).sum(dim=-1).mean()
+        num_pairs = num_teacher_views * (num_views - 1)
+        loss = total / num_pairs
+
+        with torch.no_grad():
+            entropy = -(p_teacher * log_p_teacher).sum(dim=-1).mean()
+            # Every teacher view meets the same number of student views, so the mean KL over
+            # pairs is the mean cross-entropy minus the mean teacher entropy.
+            stats = {"teacher_entropy": entropy, "kl": loss.detach() - entropy}
+            if update_center:
+                self.update_center(teacher_logits)
+        return loss, stats
+
+    @torch.no_grad()
+    def update_center(self, teacher_logits: torch.Tensor) -> None:
+        """center <- m * center + (1 - m) * mean of the teacher logits over the global batch."""
+        batch_sum = teacher_logits.float().sum(dim=0, keepdim=True)
+        count = torch.tensor([teacher_logits.shape[0]], dtype=torch.float32, device=batch_sum.device)
+        if dist.is_available() and dist.is_initialized() and dist.get_world_size() > 1:
+            dist.all_reduce(batch_sum)
+            dist.all_reduce(count)
+        batch_mean = batch_sum / count
+        self.center.mul_(self.center_momentum).add_(batch_mean, alpha=1 - self.center_momentum)

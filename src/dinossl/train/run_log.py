@@ -1,0 +1,58 @@
+"""What a run reports: JSON lines, TensorBoard scalars and console messages (rank 0 only)."""
+
+from __future__ import annotations
+
+import json
+import logging
+import math
+from pathlib import Path
+from typing import Any
+
+log = logging.getLogger("dinossl")
+
+LOG_NAME = "log.jsonl"
+
+
+class RunLog:
+    """Appends one JSON object per record to ``log.jsonl`` and mirrors numbers to TensorBoard.
+
+    Records have a ``kind``: ``step`` (every ``train.log_every`` steps), ``epoch``,
+    ``warning`` or ``result``. Disabled (a no-op) on ranks other than 0.
+    """
+
+    def __init__(self, output_dir: str | Path, enabled: bool = True, tensorboard: bool = True) -> None:
+        self.enabled = enabled
+        self.path = Path(output_dir) / LOG_NAME
+        self._writer = None
+        if enabled:
+            self.path.parent.mkdir(parents=True, exist_ok=True)
+            if tensorboard:
+                from torch.utils.tensorboard import SummaryWriter
+
+                self._writer = SummaryWriter(log_dir=str(Path(output_dir) / "tensorboard"))
+
+    def write(self, record: dict[str, Any]) -> None:
+        if not self.enabled:
+            return
+        with self.path.open("a") as handle:
+            handle.write(json.dumps(record, allow_nan=True) + "\n")
+        if self._writer is not None:
+            kind = record.get("kind", "step")
+            x = record.get("step" if kind == "step" else "epoch", 0)
+            for key, value in record.items():
+                if key in ("kind", "step", "epoch") or not isinstance(value, (int, float)) or isinstance(value, bool):
+                    continue
+                if math.isfinite(value):
+                    self._writer.add_scalar(f"{kind}/{key}", value, x)
+
+    def warn(self, message: str, **fields: Any) -> None:
+        """Console warning plus a ``warning`` record."""
+        if not self.enabled:
+            return
+        log.warning(message)
+        self.write({"kind": "warning", "message": message, **fields})
+
+    def close(self) -> None:
+        if self._writer is not None:
+            self._writer.close()
+            self._writer = None

@@ -1,0 +1,452 @@
+"""The DINO training loop: crops -> student/teacher -> loss -> AdamW step -> teacher EMA.
+
+One function, :func:`train`, runs a whole run (or resumes it) in a single process or under
+torchrun. The loop itself is :func:`train_one_epoch`; everything it needs is built once in
+:func:`build_run`.
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Optional
+
+import torch
+import yaml
+from torch import distributed as dist
+from torch import nn
+from torch.nn.parallel import DistributedDataParallel
+from tqdm import tqdm
+
+from dinossl.config import Config, config_from_dict, differing_fields
+from dinossl.data import MultiCropAugmentation, MultiCropDataset, ShardedEpochSampler, build_train_loader, open_images
+from dinossl.errors import CheckpointError, DataError, DinoError
+from dinossl.models import MultiCropNetwork, build_network
+from dinossl.objective import CollapseMonitor, DINOLoss, cosine_schedule, teacher_temperature_schedule
+from dinossl.train.checkpoint import CHECKPOINT_NAME, backbone_state_dict, export_backbone, read_checkpoint, save_checkpoint
+from dinossl.train.distributed import DistContext, PeerFailure, all_reduce, barrier, init_distributed
+from dinossl.train.optim import (
+    build_optimizer,
+    clip_gradients_per_tensor,
+    drop_last_layer_gradients,
+    set_lr_and_weight_decay,
+)
+from dinossl.train.run_log import RunLog
+from dinossl.train.teacher import ema_update, init_teacher
+
+log = logging.getLogger("dinossl")
+
+CONFIG_NAME = "config.yaml"
+EXPORT_STEM = "teacher_backbone"
+
+
+class NonFiniteLoss(DinoError):
+    """The loss became NaN or infinite on some process."""
+
+
+@dataclass
+class Run:
+    """Everything a training run holds between steps."""
+
+    config: Config
+    ctx: DistContext
+    output_dir: Path
+    student: MultiCropNetwork
+    teacher: MultiCropNetwork
+    student_ddp: nn.Module
+    loss_fn: DINOLoss
+    optimizer: torch.optim.Optimizer
+    scaler: torch.amp.GradScaler
+    amp_dtype: Optional[torch.dtype]
+    sampler: ShardedEpochSampler
+    loader: torch.utils.data.DataLoader
+    lr: Any  # per-iteration schedules (numpy arrays)
+    weight_decay: Any
+    momentum: Any
+    teacher_temp: Any  # per-epoch
+    run_log: RunLog
+    start_epoch: int = 0
+    collapse: CollapseMonitor = field(default_factory=lambda: CollapseMonitor(out_dim=1))
+
+    @property
+    def global_batch(self) -> int:
+        return self.config.train.batch_size_per_process * self.ctx.world_size
+
+    @property
+    def steps_per_epoch(self) -> int:
+        return self.sampler.steps_per_epoch
+
+
+@dataclass
+class TrainResult:
+    """What :func:`train` reports back."""
+
+    output_dir: Path
+    epochs_done: int
+    last_epoch: dict[str, float]
+    knn: Optional[dict[str, float]]
+    exported: list[Path]
+
+
+def resolve_precision(precision: str, device: torch.device) -> Optional[torch.dtype]:
+    """Autocast dtype, or None for fp32. "auto": bf16 on GPUs that have it, else fp16; fp32 on CPU."""
+    if precision == "fp32":
+        return None
+    if precision == "auto":
+        if device.type != "cuda":
+            return None
+        return torch.bfloat16 if torch.cuda.is_bf16_supported() else torch.float16
+    if precision == "fp16" and device.type != "cuda":
+        raise DinoError("train.precision=fp16 needs a CUDA device; use bf16 or fp32 on the CPU")
+    return torch.bfloat16 if precision == "bf16" else torch.float16
+
+
+def _seed_for_epoch(seed: int, epoch: int, rank: int) -> None:
+    """Reseed the step RNG (drop-path) from (seed, epoch, rank): resuming at an epoch boundary
+    then draws exactly what an uninterrupted run draws, whatever the process count before."""
+    torch.manual_seed(seed * 1_000_003 + epoch * 1009 + rank)
+
+
+def _check_output_dir(output_dir: Path, config: Config) -> Optional[dict[str, Any]]:
+    """Refuse an output folder of another run; return its checkpoint when resuming."""
+    if output_dir.exists() and not output_dir.is_dir():
+        raise DinoError(f"output {output_dir} exists and is not a folder")
+    current = config.to_dict()
+    config_file = output_dir / CONFIG_NAME
+    if config_file.is_file():
+        try:
+            stored = yaml.safe_load(config_file.read_text()) or {}
+        except yaml.YAMLError as exc:
+            raise DinoError(f"{config_file} is not valid YAML ({exc}); not touching that folder") from exc
+        changed = differing_fields(stored, current)
+        if changed:
+            raise DinoError(
+                f"output folder {output_dir} holds another run (its {CONFIG_NAME} differs in "
+                f"{', '.join(changed[:6])}{'...' if len(changed) > 6 else ''}); choose another output folder"
+            )
+    checkpoint_file = output_dir / CHECKPOINT_NAME
+    if not checkpoint_file.is_file():
+        return None
+    checkpoint = read_checkpoint(checkpoint_file)
+    if not isinstance(checkpoint, dict) or "config" not in checkpoint or "student" not in checkpoint:
+        raise CheckpointError(f"{checkpoint_file} is not a dinossl training checkpoint; choose another output folder")
+    changed = differing_fields(checkpoint["config"], current)
+    if changed:
+        raise CheckpointError(
+            f"{checkpoint_file} was written by a run with a different configuration "
+            f"({', '.join(changed[:6])}{'...' if len(changed) > 6 else ''}); choose another output folder"
+        )
+    return checkpoint
+
+
+def build_run(config: Config, output_dir: str | Path, init_from: Optional[str] = None) -> Run:
+    """Data, networks, loss, optimiser, schedules; resumes from ``output_dir`` when it holds
+    a checkpoint of the same configuration."""
+    output_dir = Path(output_dir)
+    ctx = init_distributed(config.train.device, config.train.dist_timeout_s)
+    if config.train.threads > 0:
+        torch.set_num_threads(config.train.threads)
+    checkpoint = _check_output_dir(output_dir, config)
+
+    source = open_images(config.data.path, "train")
+    tcfg = config.train
+    sampler = ShardedEpochSampler(len(source), tcfg.batch_size_per_process, ctx.rank, ctx.world_size, tcfg.seed)
+    if sampler.steps_per_epoch == 0:
+        raise DataError(
+            f"{len(source)} images are fewer than one global batch of "
+            f"{tcfg.batch_size_per_process * ctx.world_size}; lower train.batch_size_per_process"
+        )
+    dataset = MultiCropDataset(source, MultiCropAugmentation(config.data.crops), tcfg.seed)
+    loader = build_train_loader(
+        dataset, sampler, tcfg.batch_size_per_process, config.data.num_workers, pin_memory=ctx.device.type == "cuda"
+    )
+
+    torch.manual_seed(tcfg.seed)  # identical initial weights on every rank
+    student = build_network(config.model, student=True)
+    teacher = build_network(config.model, student=False)
+    if init_from is not None and checkpoint is None:
+        from dinossl.weights import load_backbone_into
+
+        load_backbone_into(student.backbone, init_from)
+        log.info("student backbone initialised from %s (fresh head)", init_from)
+    if ctx.distributed and config.model.arch == "resnet50":
+        student = nn.SyncBatchNorm.convert_sync_batchnorm(student)
+        teacher = nn.SyncBatchNorm.convert_sync_batchnorm(teacher)
+    init_teacher(teacher, student)
+    student.to(ctx.device)
+    teacher.to(ctx.device)
+    teacher.train()  # BatchNorm (ResNet, BN head) normalises with batch statistics, as in the reference
+    student_ddp: nn.Module = student
+    if ctx.distributed:
+        student_ddp = DistributedDataParallel(student, device_ids=[ctx.device.index] if ctx.device.type == "cuda" else None)
+
+    loss_fn = DINOLoss(config.model.out_dim, config.loss.student_temp, config.loss.center_momentum).to(ctx.device)
+    optimizer = build_optimizer(student, config.optim)
+    amp_dtype = resolve_precision(tcfg.precision, ctx.device)
+    scaler = torch.amp.GradScaler("cuda", enabled=amp_dtype == torch.float16)
+
+    o, steps = config.optim, sampler.steps_per_epoch
+    global_batch = tcfg.batch_size_per_process * ctx.world_size
+    lr = cosine_schedule(o.base_lr * global_batch / 256.0, o.min_lr, tcfg.epochs, steps, o.warmup_epochs)
+    weight_decay = cosine_schedule(o.weight_decay, o.weight_decay_end, tcfg.epochs, steps)
+    momentum = cosine_schedule(o.momentum_teacher, 1.0, tcfg.epochs, steps)
+    lc = config.loss
+    teacher_temp = teacher_temperature_schedule(lc.warmup_teacher_temp, lc.teacher_temp, lc.warmup_teacher_temp_epochs, tcfg.epochs)
+
+    run = Run(
+        config=config, ctx=ctx, output_dir=output_dir, student=student, teacher=teacher, student_ddp=student_ddp,
+        loss_fn=loss_fn, optimizer=optimizer, scaler=scaler, amp_dtype=amp_dtype, sampler=sampler, loader=loader,
+        lr=lr, weight_decay=weight_decay, momentum=momentum, teacher_temp=teacher_temp,
+        run_log=RunLog(output_dir, enabled=ctx.is_main), collapse=CollapseMonitor(out_dim=config.model.out_dim),
+    )
+    if checkpoint is not None:
+        _restore(run, checkpoint)
+    elif ctx.is_main:
+        output_dir.mkdir(parents=True, exist_ok=True)
+        (output_dir / CONFIG_NAME).write_text(yaml.safe_dump(config.to_dict(), sort_keys=False))
+    return run
+
+
+def _restore(run: Run, checkpoint: dict[str, Any]) -> None:
+    """Load student, teacher, optimiser, scaler and center; continue after the saved epoch."""
+    try:
+        run.student.load_state_dict(checkpoint["student"])
+        run.teacher.load_state_dict(checkpoint["teacher"])
+        run.optimizer.load_state_dict(checkpoint["optimizer"])
+        run.loss_fn.center.copy_(checkpoint["dino_loss"]["center"].to(run.ctx.device))
+    except (KeyError, RuntimeError, ValueError) as exc:
+        raise CheckpointError(
+            f"{run.output_dir / CHECKPOINT_NAME} does not fit this model ({str(exc).splitlines()[0]})"
+        ) from exc
+    if checkpoint.get("fp16_scaler"):
+        run.scaler.load_state_dict(checkpoint["fp16_scaler"])
+    run.start_epoch = int(checkpoint["epoch"])
+    saved_world = int(checkpoint.get("world_size", run.ctx.world_size))
+    saved_batch = int(checkpoint.get("global_batch", run.global_batch))
+    if saved_batch != run.global_batch and run.ctx.is_main:
+        run.run_log.warn(
+            f"resuming with global batch {run.global_batch} ({run.ctx.world_size} processes) instead of "
+            f"{saved_batch} ({saved_world} processes): the lr is rescaled to the new batch and the "
+            f"per-iteration schedules continue from the same fraction of training (epoch {run.start_epoch})"
+        )
+    log.info("resumed from %s at epoch %d", run.output_dir / CHECKPOINT_NAME, run.start_epoch)
+
+
+def _checkpoint_state(run: Run, epochs_done: int) -> dict[str, Any]:
+    return {
+        "student": run.student.state_dict(),
+        "teacher": run.teacher.state_dict(),
+        "optimizer": run.optimizer.state_dict(),
+        "epoch": epochs_done,
+        "step": epochs_done * run.steps_per_epoch,
+        "dino_loss": {"center": run.loss_fn.center.detach().cpu()},
+        "fp16_scaler": run.scaler.state_dict() if run.scaler.is_enabled() else None,
+        "config": run.config.to_dict(),
+        "world_size": run.ctx.world_size,
+        "global_batch": run.global_batch,
+    }
+
+
+def _reduce_stats(sums: torch.Tensor) -> dict[str, float]:
+    """[loss, entropy, kl, count, nonfinite] summed over steps -> means over steps and ranks."""
+    sums = all_reduce(sums.clone(), "sum")
+    values = sums.tolist()
+    count = max(values[3], 1.0)
+    return {"loss": values[0] / count, "teacher_entropy": values[1] / count, "kl": values[2] / count,
+            "nonfinite": values[4]}
+
+
+def _raise_if_nonfinite(run: Run, first_bad_step: torch.Tensor, nonfinite: float) -> None:
+    if nonfinite <= 0:
+        return
+    step = _min_across_ranks(first_bad_step)  # 0-based; reported 1-based like the logs
+    raise NonFiniteLoss(
+        f"the loss became non-finite (NaN or inf) at step {step + 1} (epoch {step // run.steps_per_epoch + 1}); "
+        f"training stopped, the last good checkpoint in {run.output_dir} is untouched "
+        "(try a lower lr, train.precision=fp32 or bf16, or optim.clip_grad)"
+    )
+
+
+def _min_across_ranks(first_bad_step: torch.Tensor) -> int:
+    """Smallest first-bad step over ranks (ranks without one report a huge number)."""
+    value = torch.where(first_bad_step < 0, torch.full_like(first_bad_step, 2**62), first_bad_step)
+    if dist.is_available() and dist.is_initialized() and dist.get_world_size() > 1:
+        dist.all_reduce(value, op=dist.ReduceOp.MIN)
+    return int(value.item())
+
+
+def train_one_epoch(run: Run, epoch: int, progress: tqdm) -> dict[str, float]:
+    """One pass over this process's shard; returns the epoch's mean statistics."""
+    cfg, ctx, device = run.config, run.ctx, run.ctx.device
+    run.sampler.set_epoch(epoch)
+    _seed_for_epoch(cfg.train.seed, epoch, ctx.rank)
+    student_params = [p for p in run.student.parameters() if p.requires_grad]
+    temp = float(run.teacher_temp[epoch])
+    freeze_last = epoch < cfg.optim.freeze_last_layer
+    autocast = torch.autocast(device.type, dtype=run.amp_dtype or torch.float32, enabled=run.amp_dtype is not None)
+
+    interval = torch.zeros(5, device=device)  # loss, entropy, kl, count, nonfinite
+    epoch_sums = torch.zeros(5, device=device)
+    first_bad_step = torch.full((), -1, dtype=torch.long, device=device)
+    skipped = 0
+    last_time, last_step = time.perf_counter(), epoch * run.steps_per_epoch
+    for it, (crops, _, n_skipped) in enumerate(run.loader):
+        step = epoch * run.steps_per_epoch + it
+        skipped += n_skipped
+        set_lr_and_weight_decay(run.optimizer, float(run.lr[step]), float(run.weight_decay[step]))
+        crops = [c.to(device, non_blocking=True) for c in crops]
+
+        with autocast:
+            with torch.no_grad():
+                teacher_logits = run.teacher(crops[:2])
+            student_logits = run.student_ddp(crops)
+        loss, stats = run.loss_fn(student_logits, teacher_logits, temp)
+
+        run.optimizer.zero_grad(set_to_none=True)
+        run.scaler.scale(loss).backward()
+        if cfg.optim.clip_grad > 0:
+            run.scaler.unscale_(run.optimizer)
+            clip_gradients_per_tensor(student_params, cfg.optim.clip_grad)
+        if freeze_last:
+            drop_last_layer_gradients(run.student)
+        run.scaler.step(run.optimizer)
+        run.scaler.update()
+        ema_update(run.teacher, run.student, float(run.momentum[step]))
+
+        finite = torch.isfinite(loss.detach())
+        first_bad_step = torch.where((first_bad_step < 0) & ~finite, step, first_bad_step)
+        record = torch.stack([
+            torch.where(finite, loss.detach(), 0.0), stats["teacher_entropy"], stats["kl"],
+            torch.ones((), device=device), (~finite).float(),
+        ])
+        interval += record
+        epoch_sums += record
+        progress.update(1)
+
+        if (step + 1) % cfg.train.log_every == 0 or it + 1 == run.steps_per_epoch:
+            means = _reduce_stats(interval)
+            _raise_if_nonfinite(run, first_bad_step, means["nonfinite"])
+            now = time.perf_counter()
+            images_per_s = (step + 1 - last_step) * run.global_batch / max(now - last_time, 1e-9)
+            last_time, last_step = now, step + 1
+            interval.zero_()
+            entry = {
+                "kind": "step", "step": step + 1, "epoch": epoch + 1, "loss": means["loss"],
+                "lr": float(run.lr[step]), "weight_decay": float(run.weight_decay[step]),
+                "teacher_temp": temp, "momentum": float(run.momentum[step]),
+                "teacher_entropy": means["teacher_entropy"], "kl": means["kl"],
+                "center_norm": run.loss_fn.center.norm().item(), "images_per_s": images_per_s,
+                "skipped_images": skipped,
+            }
+            run.run_log.write(entry)
+            progress.set_postfix(loss=f"{means['loss']:.3f}", H=f"{means['teacher_entropy']:.2f}",
+                                 kl=f"{means['kl']:.3f}", ips=f"{images_per_s:.0f}")
+            warning = run.collapse.update(means["teacher_entropy"], means["kl"])
+            if warning:
+                run.run_log.warn(f"step {step + 1}: {warning}", step=step + 1)
+
+    means = _reduce_stats(epoch_sums)
+    _raise_if_nonfinite(run, first_bad_step, means["nonfinite"])
+    skipped_total = int(all_reduce(torch.tensor([skipped], device=device, dtype=torch.float64), "sum").item())
+    if skipped_total:
+        run.run_log.warn(f"epoch {epoch + 1}: skipped {skipped_total} unreadable images", epoch=epoch + 1)
+    return {"loss": means["loss"], "teacher_entropy": means["teacher_entropy"], "kl": means["kl"],
+            "skipped_images": skipped_total}
+
+
+def train(config: Config, output_dir: str | Path, init_from: Optional[str] = None) -> TrainResult:
+    """Pretrain (or resume) a DINO run in ``output_dir``; exports the teacher backbone at the end."""
+    run = build_run(config, output_dir, init_from)
+    try:
+        return _train(run)
+    except (RuntimeError, dist.DistError) as exc:
+        if run.ctx.distributed and _is_peer_failure(exc):
+            raise PeerFailure(
+                f"rank {run.ctx.rank}: lost contact with another process of the run "
+                f"({str(exc).strip().splitlines()[0][:200]}); the last checkpoint in {run.output_dir} is untouched"
+            ) from exc
+        raise
+    finally:
+        run.run_log.close()
+
+
+def _is_peer_failure(exc: BaseException) -> bool:
+    if isinstance(exc, dist.DistError):
+        return True
+    text = str(exc).lower()
+    return any(word in text for word in ("gloo", "nccl", "connection", "timed out", "timeout", "peer"))
+
+
+def _train(run: Run) -> TrainResult:
+    cfg, ctx = run.config, run.ctx
+    total_steps = cfg.train.epochs * run.steps_per_epoch
+    if ctx.is_main:
+        log.info(
+            "training %s (%s) for %d epochs x %d steps, global batch %d (%d process%s), %s, precision %s",
+            cfg.model.arch, "sample data" if cfg.data.path is None else cfg.data.path, cfg.train.epochs,
+            run.steps_per_epoch, run.global_batch, ctx.world_size, "es" if ctx.world_size > 1 else "",
+            ctx.device, "fp32" if run.amp_dtype is None else str(run.amp_dtype).replace("torch.", ""),
+        )
+    last_epoch: dict[str, float] = {}
+    progress = tqdm(total=total_steps, initial=run.start_epoch * run.steps_per_epoch, unit="step",
+                    disable=not (ctx.is_main and cfg.train.progress_bar), dynamic_ncols=True, desc="dino")
+    try:
+        for epoch in range(run.start_epoch, cfg.train.epochs):
+            started = time.perf_counter()
+            last_epoch = train_one_epoch(run, epoch, progress)
+            last_epoch["seconds"] = time.perf_counter() - started
+            if ctx.is_main:
+                run.run_log.write({"kind": "epoch", "epoch": epoch + 1, **last_epoch,
+                                   "teacher_temp": float(run.teacher_temp[epoch]),
+                                   "center_norm": run.loss_fn.center.norm().item()})
+                save_checkpoint(_checkpoint_state(run, epoch + 1), run.output_dir / CHECKPOINT_NAME)
+            barrier()
+    finally:
+        progress.close()
+
+    exported: list[Path] = []
+    if ctx.is_main:
+        teacher_backbone = backbone_state_dict(run.teacher.state_dict())
+        exported = export_backbone(teacher_backbone, run.output_dir / EXPORT_STEM)
+        log.info("teacher backbone exported to %s", ", ".join(str(p) for p in exported))
+    knn = None
+    if cfg.train.knn_at_end and ctx.is_main:
+        knn = knn_against_random_init(run)
+    barrier()
+    return TrainResult(run.output_dir, cfg.train.epochs, last_epoch, knn, exported)
+
+
+def knn_against_random_init(run: Run) -> Optional[dict[str, float]]:
+    """k-NN top-1 (k=20, T=0.07) on the sample's held-out part: trained teacher vs. the same
+    network at its random initialisation (rebuilt from the run's seed)."""
+    from dinossl.data import evaluation_transform
+    from dinossl.eval.features import extract_features
+    from dinossl.eval.knn import knn_classify
+
+    cfg = run.config
+    if cfg.data.path is not None:
+        log.info("train.knn_at_end applies to the built-in sample only; run `dino eval knn` for %s", cfg.data.path)
+        return None
+    bank_source, query_source = open_images(None, "train"), open_images(None, "heldout")
+    size = cfg.data.crops.global_size
+    transform = evaluation_transform(resize=size, crop=size)
+    torch.manual_seed(cfg.train.seed)
+    random_init = build_network(cfg.model, student=True).backbone.to(run.ctx.device)
+    results: dict[str, float] = {}
+    for name, backbone in (("random_init", random_init), ("trained", run.teacher.backbone)):
+        bank, bank_labels = extract_features(backbone, bank_source, transform, device=run.ctx.device)
+        queries, query_labels = extract_features(backbone, query_source, transform, device=run.ctx.device)
+        results[name] = knn_classify(bank, bank_labels, queries, query_labels, ks=(20,), temperature=0.07)[20]["top1"]
+    run.run_log.write({"kind": "result", "metric": "knn_top1_k20", **results,
+                       "bank_images": len(bank_source), "query_images": len(query_source)})
+    return results
+
+
+def load_run_config(output_dir: str | Path) -> Config:
+    """The configuration stored in a run folder."""
+    path = Path(output_dir) / CONFIG_NAME
+    if not path.is_file():
+        raise DinoError(f"{output_dir} holds no {CONFIG_NAME}")
+    return config_from_dict(yaml.safe_load(path.read_text()))
