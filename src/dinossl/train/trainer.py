@@ -356,11 +356,17 @@ def train_one_epoch(run: Run, epoch: int, progress: tqdm) -> dict[str, float]:
             "skipped_images": skipped_total}
 
 
-def train(config: Config, output_dir: str | Path, init_from: Optional[str] = None) -> TrainResult:
-    """Pretrain (or resume) a DINO run in ``output_dir``; exports the teacher backbone at the end."""
+def train(
+    config: Config, output_dir: str | Path, init_from: Optional[str] = None, stop_after_epochs: Optional[int] = None
+) -> TrainResult:
+    """Pretrain (or resume) a DINO run in ``output_dir``; exports the teacher backbone at the end.
+
+    ``stop_after_epochs`` ends this invocation after that many more epochs (checkpoint written,
+    no export), leaving a run that a later call resumes.
+    """
     run = build_run(config, output_dir, init_from)
     try:
-        return _train(run)
+        return _train(run, stop_after_epochs)
     except (RuntimeError, dist.DistError) as exc:
         if run.ctx.distributed and _is_peer_failure(exc):
             raise PeerFailure(
@@ -379,7 +385,7 @@ def _is_peer_failure(exc: BaseException) -> bool:
     return any(word in text for word in ("gloo", "nccl", "connection", "timed out", "timeout", "peer"))
 
 
-def _train(run: Run) -> TrainResult:
+def _train(run: Run, stop_after_epochs: Optional[int] = None) -> TrainResult:
     cfg, ctx = run.config, run.ctx
     total_steps = cfg.train.epochs * run.steps_per_epoch
     if ctx.is_main:
@@ -390,10 +396,13 @@ def _train(run: Run) -> TrainResult:
             ctx.device, "fp32" if run.amp_dtype is None else str(run.amp_dtype).replace("torch.", ""),
         )
     last_epoch: dict[str, float] = {}
+    end_epoch = cfg.train.epochs
+    if stop_after_epochs is not None:
+        end_epoch = min(end_epoch, run.start_epoch + stop_after_epochs)
     progress = tqdm(total=total_steps, initial=run.start_epoch * run.steps_per_epoch, unit="step",
                     disable=not (ctx.is_main and cfg.train.progress_bar), dynamic_ncols=True, desc="dino")
     try:
-        for epoch in range(run.start_epoch, cfg.train.epochs):
+        for epoch in range(run.start_epoch, end_epoch):
             started = time.perf_counter()
             last_epoch = train_one_epoch(run, epoch, progress)
             last_epoch["seconds"] = time.perf_counter() - started
@@ -405,6 +414,8 @@ def _train(run: Run) -> TrainResult:
             barrier()
     finally:
         progress.close()
+    if end_epoch < cfg.train.epochs:
+        return TrainResult(run.output_dir, end_epoch, last_epoch, None, [])
 
     exported: list[Path] = []
     if ctx.is_main:

@@ -1,0 +1,54 @@
+import pytest
+import torch
+import torch.nn.functional as F
+
+from dinossl.models import DINOHead
+
+
+def test_shapes_and_key_layout():
+    head = DINOHead(32, out_dim=100, hidden_dim=64, bottleneck_dim=16)
+    assert head(torch.randn(5, 32)).shape == (5, 100)
+    keys = set(head.state_dict())
+    assert keys == {"mlp.0.weight", "mlp.0.bias", "mlp.2.weight", "mlp.2.bias", "mlp.4.weight", "mlp.4.bias",
+                    "last_layer.weight_g", "last_layer.weight_v"}
+    assert head.last_layer.weight_g.shape == (100, 1) and head.last_layer.weight_v.shape == (100, 16)
+
+
+def test_bn_head_key_layout():
+    head = DINOHead(32, out_dim=10, hidden_dim=64, bottleneck_dim=16, use_bn=True)
+    linear = {k.rsplit(".", 1)[0] for k in head.state_dict() if k.startswith("mlp.") and k.endswith("weight")}
+    assert linear == {"mlp.0", "mlp.1", "mlp.3", "mlp.4", "mlp.6"}
+    assert isinstance(head.mlp[1], torch.nn.BatchNorm1d) and isinstance(head.mlp[4], torch.nn.BatchNorm1d)
+
+
+def test_norm_last_layer_freezes_g_at_one():
+    head = DINOHead(8, out_dim=12, hidden_dim=16, bottleneck_dim=4, norm_last_layer=True)
+    assert torch.equal(head.last_layer.weight_g, torch.ones(12, 1))
+    assert not head.last_layer.weight_g.requires_grad and head.last_layer.weight_v.requires_grad
+    free = DINOHead(8, out_dim=12, hidden_dim=16, bottleneck_dim=4, norm_last_layer=False)
+    assert free.last_layer.weight_g.requires_grad
+    torch.testing.assert_close(free.last_layer.weight_g, free.last_layer.weight_v.norm(dim=1, keepdim=True))
+
+
+def test_forward_is_normalised_bottleneck_times_unit_prototypes():
+    torch.manual_seed(0)
+    head = DINOHead(8, out_dim=12, hidden_dim=16, bottleneck_dim=4)
+    x = torch.randn(3, 8)
+    z = F.normalize(head.mlp(x), dim=-1)
+    prototypes = F.normalize(head.last_layer.weight_v, dim=1)
+    torch.testing.assert_close(head(x), z @ prototypes.T)
+    # logits are cosines: bounded by 1 whatever the scale of v
+    head.last_layer.weight_v.data *= 100
+    assert head(x).abs().max() <= 1 + 1e-5
+
+
+def test_hidden_layer_init():
+    torch.manual_seed(0)
+    head = DINOHead(384, out_dim=10, hidden_dim=2048, bottleneck_dim=256)
+    for index in (0, 2, 4):
+        layer = head.mlp[index]
+        assert torch.all(layer.bias == 0)
+        # bounds are absolute (+-2), as in the reference: at std 0.02 nothing is truncated
+        assert layer.weight.std().item() == pytest.approx(0.02, rel=0.05)
+        assert layer.weight.abs().max() <= 2.0
+    assert isinstance(head.mlp[1], torch.nn.GELU)
