@@ -4,6 +4,32 @@ from __future__ import annotations
 
 import argparse
 
+from dinossl.weights import FORMATS
+
 
 def register(subparsers: argparse._SubParsersAction) -> None:
-    """Not written yet: registers nothing."""
+    parser = subparsers.add_parser(
+        "export",
+        help="write the teacher (or student) backbone of a checkpoint in the released DINO layout",
+        description="Write the backbone of a training checkpoint (this project's or the reference's), a network "
+        "state dict or a backbone file as a plain state dict with the released DINO keys, loadable by "
+        "dinossl.hub, timm and the reference code. The architecture is read from the tensors and checked.",
+    )
+    parser.add_argument("checkpoint", metavar="CHECKPOINT", help="weights file (.pth or .safetensors) or URL")
+    parser.add_argument("--format", choices=FORMATS, default=None,
+                        help="output format (default: from --output's suffix, else pth)")
+    parser.add_argument("--student", action="store_true", help="export the student backbone instead of the teacher")
+    parser.add_argument("--output", metavar="PATH", default=None,
+                        help="output file (default: <checkpoint stem>_<teacher|student>_backbone.<format> beside it)")
+    parser.add_argument("--force", action="store_true", help="overwrite an existing output file")
+    parser.set_defaults(func=run)
+
+
+def run(args: argparse.Namespace) -> int:
+    from dinossl.hub import fetch
+    from dinossl.weights import export_backbone_file
+
+    which = "student" if args.student else "teacher"
+    path, spec = export_backbone_file(fetch(args.checkpoint), args.output, args.format, which, overwrite=args.force)
+    print(f"wrote the {which} backbone to {path}: {spec.describe()}")
+    return 0
