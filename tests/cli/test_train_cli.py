@@ -1,0 +1,48 @@
+"""`dino train` turns bad input into one error line and exit status 2, touching nothing."""
+
+import pytest
+
+from dinossl.cli import main
+from tests.conftest import TINY_OVERRIDES
+
+
+def _run(capsys, *argv):
+    status = main(list(argv))
+    captured = capsys.readouterr()
+    return status, captured.err.strip().splitlines()
+
+
+@pytest.mark.parametrize(
+    "args,needle",
+    [
+        (["--data", "/nonexistent/folder"], "does not exist"),
+        (["optim.base_lr=-0.1"], "optim.base_lr"),
+        (["data.crops.global_size=33"], "data.crops.global_size"),
+        (["data.crops.num_local=-2"], "data.crops.num_local"),
+        (["model.unknown=1"], "model.unknown"),
+    ],
+)
+def test_bad_input_one_line_exit_2(tmp_path, capsys, args, needle):
+    status, err = _run(capsys, "train", "--output", str(tmp_path / "out"), *args)
+    assert status == 2
+    assert len(err) == 1 and needle in err[0] and err[0].startswith("dino train: error:")
+    assert not (tmp_path / "out").exists()
+
+
+def test_missing_yaml_and_empty_folder(tmp_path, capsys):
+    status, err = _run(capsys, "train", "--config", str(tmp_path / "nope.yaml"))
+    assert status == 2 and "nope.yaml" in err[0]
+    (tmp_path / "empty").mkdir()
+    status, err = _run(capsys, "train", "--output", str(tmp_path / "out"), "--data", str(tmp_path / "empty"))
+    assert status == 2 and "empty" in err[0] and len(err) == 1
+
+
+def test_train_and_resume_a_finished_run(tmp_path, capsys, tiny_image_folder):
+    out = tmp_path / "out"
+    args = ["train", "--output", str(out), "--data", str(tiny_image_folder), *TINY_OVERRIDES]
+    assert main(args) == 0
+    stdout = capsys.readouterr().out
+    assert "run folder" in stdout
+    before = (out / "checkpoint.pth").read_bytes()
+    assert main(args) == 0  # finished run: resumes at its end, trains nothing
+    assert (out / "checkpoint.pth").read_bytes() == before
