@@ -2,16 +2,48 @@
 
 Each of the k nearest bank features (cosine similarity) votes for its label with weight
 exp(similarity / T). All requested k are answered from one search of the largest k; the
-similarity matrix is computed in (query chunk x bank chunk) tiles, so memory stays bounded
-whatever the bank size.
+similarity matrix is computed in (query chunk x bank chunk) tiles and each bank chunk is
+normalised inside its tile, so memory stays bounded whatever the bank size (about
+query_chunk x bank_chunk floats beyond the bank itself).
+
+Results do not depend on the chunk sizes: neighbours are ordered by decreasing similarity,
+equal similarities by increasing bank index; equal class scores favour the lower class index.
 """
 
 from __future__ import annotations
 
+from dataclasses import dataclass
 from typing import Iterable
 
 import torch
 from torch.nn import functional as F
+
+from dinossl.errors import DinoError
+from dinossl.eval.validation import require_positive
+
+
+def _top_k_lowest_index_on_ties(sims: torch.Tensor, k: int) -> tuple[torch.Tensor, torch.Tensor]:
+    """(M, n) similarities -> top-k (values, column indices); ties at the k-th value keep the
+    lowest columns. ``topk`` alone may pick any of the tied columns, so rows with such ties are
+    redone with a stable sort (rare for real features)."""
+    values, columns = sims.topk(k, dim=1)
+    if k == sims.shape[1]:
+        tied = torch.ones(sims.shape[0], dtype=torch.bool, device=sims.device)
+    else:
+        tied = (sims >= values[:, -1:]).sum(dim=1) > k
+    if tied.any():
+        rows = tied.nonzero().squeeze(1)
+        order = torch.sort(sims[rows], dim=1, descending=True, stable=True).indices[:, :k]
+        values[rows], columns[rows] = sims[rows].gather(1, order), order
+    return values, columns
+
+
+def _order_neighbours(sims: torch.Tensor, idx: torch.Tensor, k: int) -> tuple[torch.Tensor, torch.Tensor]:
+    """Keep the k best of (M, m) candidates: decreasing similarity, then increasing index."""
+    by_index = idx.argsort(dim=1)
+    sims, idx = sims.gather(1, by_index), idx.gather(1, by_index)
+    order = torch.sort(sims, dim=1, descending=True, stable=True).indices[:, :k]
+    return sims.gather(1, order), idx.gather(1, order)
 
 
 @torch.no_grad()
@@ -21,28 +53,29 @@ def nearest_neighbours(
     """Top-k cosine similarities and bank indices for each query.
 
     Args:
-        bank: (N, d) features; queries: (M, d) features (both L2-normalised here).
+        bank: (N, d) features; queries: (M, d) features (both L2-normalised here, tile by tile).
         k: number of neighbours, at most N.
 
     Returns:
-        similarities (M, k) in decreasing order and indices (M, k) into the bank.
+        similarities (M, k) in decreasing order and indices (M, k) into the bank (ties: lower
+        index first), computed on the bank's device.
     """
     if not 1 <= k <= bank.shape[0]:
         raise ValueError(f"k must be in [1, {bank.shape[0]}], got {k}")
-    bank = F.normalize(bank.float(), dim=1)
-    queries = F.normalize(queries.float(), dim=1)
+    if query_chunk < 1 or bank_chunk < 1:
+        raise ValueError(f"chunk sizes must be positive, got {query_chunk} and {bank_chunk}")
+    queries = queries.to(bank.device)
     all_sims, all_idx = [], []
     for q0 in range(0, queries.shape[0], query_chunk):
-        q = queries[q0:q0 + query_chunk]
+        q = F.normalize(queries[q0:q0 + query_chunk].float(), dim=1)
         best_sims = q.new_empty(q.shape[0], 0)
         best_idx = torch.empty(q.shape[0], 0, dtype=torch.long, device=q.device)
         for b0 in range(0, bank.shape[0], bank_chunk):
-            sims = q @ bank[b0:b0 + bank_chunk].T
-            top_sims, top_idx = sims.topk(min(k, sims.shape[1]), dim=1)
-            merged_sims = torch.cat([best_sims, top_sims], dim=1)
-            merged_idx = torch.cat([best_idx, top_idx + b0], dim=1)
-            best_sims, order = merged_sims.topk(min(k, merged_sims.shape[1]), dim=1)
-            best_idx = merged_idx.gather(1, order)
+            sims = q @ F.normalize(bank[b0:b0 + bank_chunk].float(), dim=1).T
+            top_sims, top_idx = _top_k_lowest_index_on_ties(sims, min(k, sims.shape[1]))
+            best_sims, best_idx = _order_neighbours(
+                torch.cat([best_sims, top_sims], dim=1), torch.cat([best_idx, top_idx + b0], dim=1), k
+            )
         all_sims.append(best_sims)
         all_idx.append(best_idx)
     return torch.cat(all_sims), torch.cat(all_idx)
@@ -62,6 +95,49 @@ def ranked_classes(scores: torch.Tensor) -> torch.Tensor:
     return torch.sort(scores, dim=1, descending=True, stable=True).indices
 
 
+def _check_ks(ks: Iterable[int]) -> list[int]:
+    ks = sorted(set(int(k) for k in ks))
+    if not ks or ks[0] < 1:
+        raise ValueError(f"ks must be positive, got {ks}")
+    return ks
+
+
+@torch.no_grad()
+def knn_hits(
+    bank: torch.Tensor,
+    bank_labels: torch.Tensor,
+    queries: torch.Tensor,
+    query_labels: torch.Tensor,
+    ks: Iterable[int],
+    num_classes: int,
+    temperature: float = 0.07,
+    query_chunk: int = 1024,
+    bank_chunk: int = 65536,
+) -> dict[int, tuple[int, int]]:
+    """Number of queries whose label is the top-1 / among the top-5 classes, for each k.
+
+    A k larger than the bank is reduced to the bank size (reported under the asked k). An
+    empty query set gives zero hits (so shards of a query set can be summed).
+    """
+    ks = _check_ks(ks)
+    if bank.shape[0] == 0:
+        raise ValueError("k-NN needs a non-empty bank")
+    if queries.shape[0] == 0:
+        return {k: (0, 0) for k in ks}
+    bank_labels = bank_labels.to(bank.device).long()
+    query_labels = query_labels.to(bank.device).long()
+    k_max = min(ks[-1], bank.shape[0])
+    sims, idx = nearest_neighbours(bank, queries, k_max, query_chunk=query_chunk, bank_chunk=bank_chunk)
+    neighbour_labels = bank_labels[idx]
+    hits: dict[int, tuple[int, int]] = {}
+    for k in ks:
+        kk = min(k, k_max)
+        ranked = ranked_classes(class_scores(sims[:, :kk], neighbour_labels[:, :kk], num_classes, temperature))
+        correct = ranked[:, : min(5, num_classes)] == query_labels[:, None]
+        hits[k] = (int(correct[:, 0].sum().item()), int(correct.any(dim=1).sum().item()))
+    return hits
+
+
 @torch.no_grad()
 def knn_classify(
     bank: torch.Tensor,
@@ -76,27 +152,32 @@ def knn_classify(
 ) -> dict[int, dict[str, float]]:
     """Top-1 and top-5 accuracy (percent) of the weighted k-NN classifier for each k.
 
+    Args:
+        bank: (N, d) features with labels (N,); queries: (M, d) with labels (M,).
+        num_classes: defaults to 1 + the largest label seen.
+
     A k larger than the bank is reduced to the bank size (reported under the asked k).
     """
-    ks = sorted(set(int(k) for k in ks))
-    if not ks or ks[0] < 1:
-        raise ValueError(f"ks must be positive, got {ks}")
     if bank.shape[0] == 0 or queries.shape[0] == 0:
         raise ValueError("k-NN needs a non-empty bank and at least one query")
-    bank_labels = bank_labels.to(bank.device).long()
-    query_labels = query_labels.to(queries.device).long()
     if num_classes is None:
         num_classes = int(max(bank_labels.max().item(), query_labels.max().item())) + 1
-    k_max = min(ks[-1], bank.shape[0])
-    sims, idx = nearest_neighbours(bank, queries, k_max, query_chunk=query_chunk, bank_chunk=bank_chunk)
-    neighbour_labels = bank_labels[idx]
-    results: dict[int, dict[str, float]] = {}
-    for k in ks:
-        kk = min(k, k_max)
-        ranked = ranked_classes(class_scores(sims[:, :kk], neighbour_labels[:, :kk], num_classes, temperature))
-        hits = ranked[:, : min(5, num_classes)] == query_labels[:, None]
-        results[k] = {
-            "top1": 100.0 * hits[:, 0].float().mean().item(),
-            "top5": 100.0 * hits.any(dim=1).float().mean().item(),
-        }
-    return results
+    hits = knn_hits(bank, bank_labels, queries, query_labels, ks, num_classes, temperature,
+                    query_chunk=query_chunk, bank_chunk=bank_chunk)
+    total = queries.shape[0]
+    return {k: {"top1": 100.0 * top1 / total, "top5": 100.0 * top5 / total} for k, (top1, top5) in hits.items()}
+
+
+@dataclass(frozen=True)
+class KnnSettings:
+    """The k-NN protocol's settings (DINO's defaults); chunks bound the similarity tiles."""
+
+    ks: tuple[int, ...] = (10, 20, 100, 200)
+    temperature: float = 0.07
+    query_chunk: int = 1024
+    bank_chunk: int = 65536
+
+    def __post_init__(self) -> None:
+        if not self.ks or min(self.ks) < 1:
+            raise DinoError(f"k values must be positive, got {list(self.ks)}")
+        require_positive(self, "temperature", "query_chunk", "bank_chunk")

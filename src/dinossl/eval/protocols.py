@@ -1,0 +1,255 @@
+"""The feature evaluations end to end: k-NN, linear probe and fine-tuning.
+
+``*_protocol`` functions take a backbone module and labelled folders and return figures, so
+baselines (random initialisation, raw pixels) go through the same code. ``run_*`` functions
+do what the ``dino eval`` commands need around them: check the inputs and the results path
+before any work, load the weights, join the process group under torchrun, write the JSON.
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+from dataclasses import asdict, dataclass
+from pathlib import Path
+from typing import Any, Callable, Optional
+
+import torch
+from torch import distributed as dist
+from torch import nn
+from torch.utils.data import TensorDataset
+
+from dinossl.data.augment import evaluation_transform
+from dinossl.data.images import ImageFolder
+from dinossl.errors import DinoError
+from dinossl.eval.feature_cache import FeatureCache, Features, file_identity
+from dinossl.eval.features import FeatureSpec, TransformedImages, extract_features, feature_dim, shard_indices
+from dinossl.eval.finetune import FinetuneModel, FinetuneSettings, finetune, finetune_train_transform
+from dinossl.eval.inputs import LabelledSplits, describe_backbone, open_splits
+from dinossl.eval.knn import KnnSettings, knn_hits
+from dinossl.eval.linear import (
+    LinearSettings, frozen_feature_batches, linear_train_transform, loader_batches, train_linear_classifier,
+)
+from dinossl.eval.results import check_output, write_results
+from dinossl.eval.validation import require_non_negative, require_positive
+from dinossl.eval.supervised import evaluation_loader, summarise, training_loader
+from dinossl.train.distributed import DistContext, all_reduce, barrier, init_distributed, shutdown_distributed
+
+log = logging.getLogger("dinossl")
+
+LINEAR_AUGMENTED = "linear probe (RandomResizedCrop + flip)"
+LINEAR_CACHED = "linear probe on cached center-crop features (no augmentation)"
+FINETUNE = "fine-tuning (DeiT-style)"
+KNN = "weighted k-NN"
+
+
+@dataclass(frozen=True)
+class ImageSettings:
+    """Evaluation images: bicubic resize of the short side, center crop; extraction batches."""
+
+    resize: int = 256
+    crop: int = 224
+    batch_size: int = 256  # images per forward pass, per process
+    num_workers: int = 4
+
+    def __post_init__(self) -> None:
+        require_positive(self, "resize", "crop", "batch_size")
+        require_non_negative(self, "num_workers")
+        if self.resize < self.crop:
+            raise DinoError(f"resize ({self.resize}) must be at least crop ({self.crop})")
+
+    def check(self, backbone: nn.Module) -> None:
+        """A ViT needs crops divisible by its patch size."""
+        patch = getattr(backbone, "patch_size", None)
+        if patch and self.crop % int(patch):
+            raise DinoError(f"crop {self.crop} is not a multiple of the backbone's patch size {patch}")
+
+
+def default_spec(backbone: nn.Module, n_last_blocks: Optional[int] = None, avgpool: bool = False) -> FeatureSpec:
+    """The linear protocol's features: ViT -> CLS of the last 4 blocks (fewer if the ViT is
+    shallower), or with ``avgpool`` the last CLS + mean patch token; others -> their output."""
+    blocks = getattr(backbone, "blocks", None)
+    if n_last_blocks is None:
+        n_last_blocks = 1 if (avgpool or blocks is None) else min(4, len(blocks))
+    spec = FeatureSpec(n_last_blocks=n_last_blocks, avgpool=avgpool)
+    spec.check(backbone)
+    return spec
+
+
+def split_features(
+    name: str, source: ImageFolder, backbone: nn.Module, spec: FeatureSpec, images: ImageSettings,
+    ctx: DistContext, cache: Optional[FeatureCache] = None,
+) -> Features:
+    """Center-crop features (N, D) and labels (N,) of one split, from the cache when it has them."""
+    def compute() -> Features:
+        start = time.perf_counter()
+        result = extract_features(backbone, source, evaluation_transform(images.resize, images.crop),
+                                  batch_size=images.batch_size, device=ctx.device,
+                                  num_workers=images.num_workers, spec=spec, ctx=ctx)
+        log.info("features: %s, %d images -> %s in %.1f s", name, len(source), tuple(result[0].shape),
+                 time.perf_counter() - start)
+        return result
+
+    if cache is None:
+        return compute()
+    settings = {
+        "split": name, "data": {"root": str(Path(source.root).resolve()), "images": len(source), "classes": source.classes},
+        "spec": asdict(spec), "resize": images.resize, "crop": images.crop,
+    }
+    return cache.get_or_compute(name, settings, compute, ctx)
+
+
+def knn_protocol(
+    backbone: nn.Module, splits: LabelledSplits, images: ImageSettings, settings: KnnSettings,
+    ctx: DistContext, cache: Optional[FeatureCache] = None,
+) -> dict[str, Any]:
+    """Backbone-output features of train (bank) and val (queries); top-1/top-5 per k.
+    Under torchrun each process classifies a slice of the queries."""
+    spec = FeatureSpec()
+    bank, bank_labels = split_features("train", splits.train, backbone, spec, images, ctx, cache)
+    queries, query_labels = split_features("val", splits.val, backbone, spec, images, ctx, cache)
+    mine = torch.as_tensor(shard_indices(queries.shape[0], ctx.rank, ctx.world_size))
+    hits = knn_hits(bank.to(ctx.device), bank_labels, queries[mine], query_labels[mine], settings.ks,
+                    num_classes=len(splits.classes), temperature=settings.temperature,
+                    query_chunk=settings.query_chunk, bank_chunk=settings.bank_chunk)
+    ks = sorted(hits)
+    counts = torch.tensor([hits[k] for k in ks], dtype=torch.float64, device=ctx.device)
+    all_reduce(counts, "sum")
+    total = queries.shape[0]
+    return {
+        "knn": {str(k): {"top1": 100.0 * counts[i, 0].item() / total, "top5": 100.0 * counts[i, 1].item() / total}
+                for i, k in enumerate(ks)},
+        "bank_images": int(bank.shape[0]), "query_images": int(total), "feature_dim": int(bank.shape[1]),
+    }
+
+
+def linear_protocol(
+    backbone: nn.Module, splits: LabelledSplits, images: ImageSettings, settings: LinearSettings,
+    spec: FeatureSpec, ctx: DistContext, cache: Optional[FeatureCache] = None,
+) -> dict[str, Any]:
+    """Train a linear classifier on frozen ``spec`` features of train; evaluate on val's center
+    crops. ``settings.cached``: train on center-crop features too (no augmentation)."""
+    spec.check(backbone)
+    backbone.eval()
+    val_features, val_labels = split_features("val", splits.val, backbone, spec, images, ctx, cache)
+    if settings.cached:
+        train_features, train_labels = split_features("train", splits.train, backbone, spec, images, ctx, cache)
+        loader = training_loader(TensorDataset(train_features, train_labels), settings.batch_size, ctx,
+                                 seed=settings.seed, collate=None)
+        batches = loader_batches(loader, ctx.device)
+    else:
+        dataset = TransformedImages(splits.train, linear_train_transform(images.crop))
+        loader = training_loader(dataset, settings.batch_size, ctx, seed=settings.seed, num_workers=images.num_workers)
+        batches = frozen_feature_batches(backbone, spec, loader, ctx.device)
+    _, history = train_linear_classifier(batches, len(loader), val_features, val_labels, len(splits.classes),
+                                         settings, device=ctx.device, ctx=ctx)
+    return {**summarise(history), "feature_dim": int(val_features.shape[1]), "history": history}
+
+
+def finetune_protocol(
+    backbone: nn.Module, splits: LabelledSplits, images: ImageSettings, settings: FinetuneSettings, ctx: DistContext,
+) -> dict[str, Any]:
+    """Fine-tune ``backbone`` (modified in place) with a new linear classifier; val top-1/top-5."""
+    dim = feature_dim(backbone, FeatureSpec(), images.crop, ctx.device)
+    model = FinetuneModel(backbone, dim, len(splits.classes)).to(ctx.device)
+    train_set = TransformedImages(splits.train, finetune_train_transform(images.crop, settings.randaugment,
+                                                                         settings.random_erasing))
+    val_set = TransformedImages(splits.val, evaluation_transform(images.resize, images.crop))
+    train_loader = training_loader(train_set, settings.batch_size, ctx, seed=settings.seed, num_workers=images.num_workers)
+    val_loader = evaluation_loader(val_set, images.batch_size, ctx, num_workers=images.num_workers)
+    history = finetune(model, train_loader, val_loader, len(splits.classes), settings, device=ctx.device, ctx=ctx)
+    return {**summarise(history), "history": history}
+
+
+@dataclass(frozen=True)
+class EvalTarget:
+    """What an evaluation command evaluates, on which data, and where the results go."""
+
+    weights: Path  # training checkpoint or backbone file (.pth / .safetensors)
+    which: str = "teacher"  # network of a training checkpoint: teacher or student
+    data: Optional[Path] = None  # folder with train/ and val/ (or test/)
+    train: Optional[Path] = None
+    val: Optional[Path] = None
+    device: str = "auto"
+    output: Optional[Path] = None  # default: eval_<name>[_student].json next to the weights
+    overwrite: bool = False
+    features_dir: Optional[Path] = None  # cache of extracted features
+    dist_timeout_s: int = 1800
+
+    def results_path(self, evaluation: str) -> Path:
+        if self.output is not None:
+            return Path(self.output)
+        suffix = "_student" if self.which == "student" else ""
+        return Path(self.weights).parent / f"eval_{evaluation}{suffix}.json"
+
+
+Body = Callable[[nn.Module, LabelledSplits, DistContext, Optional[FeatureCache]], tuple[str, dict, dict]]
+
+
+def _run(target: EvalTarget, evaluation: str, images: ImageSettings, body: Body) -> Optional[dict[str, Any]]:
+    """Checks (every process, before any collective), then ``body``, then the results file.
+    Returns the results record on the main process, None on the others."""
+    if target.which not in ("teacher", "student"):
+        raise DinoError(f"which must be teacher or student, got {target.which!r}")
+    output = check_output(target.results_path(evaluation), target.overwrite)
+    splits = open_splits(target.data, target.train, target.val)
+    from dinossl.weights import load_backbone
+
+    backbone = load_backbone(target.weights, which=target.which)
+    images.check(backbone)
+    owns_group = not (dist.is_available() and dist.is_initialized())
+    ctx = init_distributed(target.device, target.dist_timeout_s)
+    try:
+        backbone.to(ctx.device)
+        cache = None
+        if target.features_dir is not None:
+            cache = FeatureCache(Path(target.features_dir), {**file_identity(target.weights), "which": target.which})
+        start = time.perf_counter()
+        protocol, settings, results = body(backbone, splits, ctx, cache)
+        record = {
+            "evaluation": evaluation, "protocol": protocol,
+            "weights": {"path": str(Path(target.weights).resolve()), "which": target.which},
+            "backbone": describe_backbone(backbone), "data": splits.describe(), "settings": settings,
+            "results": results, "processes": ctx.world_size, "device": str(ctx.device),
+            "wall_s": round(time.perf_counter() - start, 1),
+        }
+        if ctx.is_main:
+            write_results(output, record, overwrite=target.overwrite)
+            log.info("results written to %s", output)
+        barrier()
+        return record if ctx.is_main else None
+    finally:
+        if owns_group:
+            shutdown_distributed()
+
+
+def run_knn(target: EvalTarget, images: ImageSettings = ImageSettings(),
+            settings: KnnSettings = KnnSettings()) -> Optional[dict[str, Any]]:
+    """``dino eval knn``: weighted k-NN of the backbone's output features."""
+    def body(backbone, splits, ctx, cache):
+        results = knn_protocol(backbone, splits, images, settings, ctx, cache)
+        return KNN, {**asdict(images), **asdict(settings), "features": "backbone output (ViT: CLS), L2-normalised"}, results
+
+    return _run(target, "knn", images, body)
+
+
+def run_linear(target: EvalTarget, images: ImageSettings = ImageSettings(), settings: LinearSettings = LinearSettings(),
+               n_last_blocks: Optional[int] = None, avgpool: bool = False) -> Optional[dict[str, Any]]:
+    """``dino eval linear``: linear probe on frozen features (see :func:`default_spec`)."""
+    def body(backbone, splits, ctx, cache):
+        spec = default_spec(backbone, n_last_blocks, avgpool)
+        results = linear_protocol(backbone, splits, images, settings, spec, ctx, cache)
+        recorded = {**asdict(images), **asdict(settings), "lr": settings.lr, **asdict(spec)}
+        return (LINEAR_CACHED if settings.cached else LINEAR_AUGMENTED), recorded, results
+
+    return _run(target, "linear", images, body)
+
+
+def run_finetune(target: EvalTarget, images: ImageSettings = ImageSettings(),
+                 settings: FinetuneSettings = FinetuneSettings()) -> Optional[dict[str, Any]]:
+    """``dino eval finetune``: fine-tune the whole backbone with a linear classifier."""
+    def body(backbone, splits, ctx, cache):
+        results = finetune_protocol(backbone, splits, images, settings, ctx)
+        return FINETUNE, {**asdict(images), **asdict(settings), "lr": settings.lr}, results
+
+    return _run(target, "finetune", images, body)
