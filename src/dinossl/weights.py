@@ -533,6 +533,17 @@ def released_state(state: dict[str, torch.Tensor], spec: Optional[BackboneSpec] 
     return {k: state[k].detach().cpu().contiguous() for k in expected if k in state}
 
 
+def _unshared(tensors: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+    """Copies of tensors whose memory another entry already uses (safetensors refuses sharing)."""
+    seen: set[int] = set()
+    out = {}
+    for key, tensor in tensors.items():
+        pointer = tensor.untyped_storage().data_ptr()
+        out[key] = tensor.clone() if pointer in seen else tensor
+        seen.add(pointer)
+    return out
+
+
 def write_backbone(state: dict[str, torch.Tensor], path: str | Path, fmt: Optional[str] = None,
                    overwrite: bool = False) -> Path:
     """Write a backbone state dict as a plain ``.pth`` state dict or ``.safetensors``, atomically.
@@ -553,8 +564,7 @@ def write_backbone(state: dict[str, torch.Tensor], path: str | Path, fmt: Option
     else:
         from safetensors.torch import save_file
 
-        # Copies: safetensors refuses tensors that share memory.
-        write_atomic(path, lambda tmp: save_file({k: v.clone() for k, v in tensors.items()}, tmp, metadata={"format": "pt"}))
+        write_atomic(path, lambda tmp: save_file(_unshared(tensors), tmp, metadata={"format": "pt"}))
     return path
 
 
