@@ -56,3 +56,17 @@ def brightness_backbone():
 @pytest.fixture
 def position_backbone() -> PositionFeatures:
     return PositionFeatures()
+
+
+@pytest.fixture
+def dinossl_log(caplog):
+    """caplog that also sees the 'dinossl' logger after the CLI has stopped it propagating."""
+    import logging
+
+    logger = logging.getLogger("dinossl")
+    logger.addHandler(caplog.handler)
+    previous = logger.level
+    logger.setLevel(logging.INFO)
+    yield caplog
+    logger.removeHandler(caplog.handler)
+    logger.setLevel(previous)

@@ -2,8 +2,6 @@
 
 from __future__ import annotations
 
-import logging
-
 import numpy as np
 import pytest
 import torch
@@ -139,19 +137,18 @@ def test_image_smaller_than_a_patch_is_refused():
         plan_geometry((12, 300), 16, 480)
 
 
-def test_grayscale_and_rgba_are_converted_with_a_warning(tmp_path, caplog):
+def test_grayscale_and_rgba_are_converted_with_a_warning(tmp_path, dinossl_log):
+    caplog = dinossl_log
     gray = tmp_path / "gray.png"
     Image.fromarray(np.full((8, 8), 77, np.uint8)).save(gray)
-    with caplog.at_level(logging.WARNING, logger="dinossl"):
-        rgb = read_rgb(gray)
+    rgb = read_rgb(gray)
     assert rgb.mode == "RGB" and np.all(np.asarray(rgb) == 77)
     assert "grayscale" in caplog.text
     caplog.clear()
     rgba = np.zeros((4, 4, 4), np.uint8)
     rgba[..., 0] = 200
     rgba[:2, ..., 3] = 255  # top half opaque red, bottom half fully transparent
-    with caplog.at_level(logging.WARNING, logger="dinossl"):
-        rgb = np.asarray(as_rgb(Image.fromarray(rgba, "RGBA"), "rgba.png"))
+    rgb = np.asarray(as_rgb(Image.fromarray(rgba, "RGBA"), "rgba.png"))
     assert "transparent" in caplog.text
     assert tuple(rgb[0, 0]) == (200, 0, 0) and tuple(rgb[3, 3]) == (255, 255, 255)
 

@@ -35,7 +35,7 @@ def propagate_labels(
     radius: Optional[int] = DEFAULT_RADIUS,
     topk: int = DEFAULT_TOPK,
     temperature: float = DEFAULT_TEMPERATURE,
-    tile: int = 12,
+    tile: int = 16,
 ) -> torch.Tensor:
     """Soft labels of the target frame.
 
@@ -61,7 +61,10 @@ def propagate_labels(
     if topk < 1 or temperature <= 0 or tile < 1:
         raise ValueError("topk and tile must be >= 1 and temperature > 0")
     classes = source_labels.shape[1]
-    out = source_labels.new_zeros(classes, h, w)
+    queries_all = target.permute(1, 2, 0)  # (h, w, d)
+    keys_all = sources.permute(0, 2, 3, 1).contiguous()  # (n, h, w, d): windows copy whole rows
+    labels_all = source_labels.permute(0, 2, 3, 1).contiguous()  # (n, h, w, C)
+    out = source_labels.new_zeros(h, w, classes)
     rows, cols = torch.arange(h, device=target.device), torch.arange(w, device=target.device)
     for y0 in range(0, h, tile):
         y1 = min(h, y0 + tile)
@@ -69,17 +72,19 @@ def propagate_labels(
         for x0 in range(0, w, tile):
             x1 = min(w, x0 + tile)
             sx0, sx1 = _window(x0, x1, radius, w)
-            queries = target[:, y0:y1, x0:x1].reshape(d, -1).T  # (t, d)
-            keys = sources[:, :, sy0:sy1, sx0:sx1].permute(0, 2, 3, 1).reshape(-1, d)  # (n*S, d)
-            similarity = queries @ keys.T  # (t, n*S)
+            queries = queries_all[y0:y1, x0:x1].reshape(-1, d)  # (t, d)
+            keys = keys_all[:, sy0:sy1, sx0:sx1].reshape(-1, d)  # (n * S, d)
+            similarity = queries @ keys.T  # (t, n * S)
             if radius is not None:
                 near_y = (rows[y0:y1, None] - rows[None, sy0:sy1]).abs() <= radius  # (th, wh)
                 near_x = (cols[x0:x1, None] - cols[None, sx0:sx1]).abs() <= radius  # (tw, ww)
-                near = (near_y[:, None, :, None] & near_x[None, :, None, :]).reshape(queries.shape[0], -1)
-                similarity = similarity.masked_fill(~near.repeat(1, n), float("-inf"))
+                near = (near_y[:, None, :, None] & near_x[None, :, None, :]).reshape(queries.shape[0], 1, -1)
+                far = torch.zeros(near.shape, dtype=similarity.dtype, device=similarity.device)
+                far.masked_fill_(~near, float("-inf"))
+                similarity = (similarity.view(queries.shape[0], n, -1) + far).view(queries.shape[0], -1)
             values, index = similarity.topk(min(topk, similarity.shape[1]), dim=1)
             weights = torch.softmax(values / temperature, dim=1)  # (t, k); -inf entries weigh 0
-            labels = source_labels[:, :, sy0:sy1, sx0:sx1].permute(0, 2, 3, 1).reshape(-1, classes)
+            labels = labels_all[:, sy0:sy1, sx0:sx1].reshape(-1, classes)  # (n * S, C)
             tile_labels = (weights.unsqueeze(-1) * labels[index]).sum(dim=1)  # (t, C)
-            out[:, y0:y1, x0:x1] = tile_labels.T.reshape(classes, y1 - y0, x1 - x0)
-    return out
+            out[y0:y1, x0:x1] = tile_labels.reshape(y1 - y0, x1 - x0, classes)
+    return out.permute(2, 0, 1).contiguous()

@@ -1,0 +1,132 @@
+"""How well attention masks match foreground masks: the Jaccard protocol of DINO's Figure 4.
+
+For each image, every head's 60%-mass mask (patch level, nearest-upsampled to the model
+input) is compared with the ground-truth foreground (resized and cropped like the image,
+thresholded; a mask stored at another scale than its image, with the same aspect ratio,
+is rescaled, while a mask of another aspect ratio is refused): Jaccard index per head, the best head and the mean over heads; the set's
+figures are the averages over images. The mask of the head-averaged map and the best fixed
+head over the set are reported too.
+"""
+
+from __future__ import annotations
+
+import logging
+from dataclasses import asdict, dataclass
+from pathlib import Path
+from typing import Optional, Sequence
+
+import numpy as np
+import torch
+from PIL import Image
+from torch import nn
+from tqdm import tqdm
+
+from dinossl.errors import DataError
+from dinossl.eval.attention import DEFAULT_FRACTION, check_fraction, upsample
+from dinossl.eval.attention_report import ImageAttention, attend
+from dinossl.eval.frames import image_files
+from dinossl.eval.image_input import Geometry, open_image, plan_geometry
+
+log = logging.getLogger("dinossl")
+
+MASK_THRESHOLD = 127
+
+
+def jaccard(pred: np.ndarray | torch.Tensor, truth: np.ndarray | torch.Tensor) -> float:
+    """|pred ∩ truth| / |pred ∪ truth| of boolean masks of one shape; 1 when both are empty."""
+    pred, truth = np.asarray(pred, bool), np.asarray(truth, bool)
+    if pred.shape != truth.shape:
+        raise ValueError(f"masks differ in shape: {pred.shape} vs {truth.shape}")
+    union = np.count_nonzero(pred | truth)
+    return 1.0 if union == 0 else np.count_nonzero(pred & truth) / union
+
+
+def pair_images_with_masks(images: str | Path, masks: str | Path) -> list[tuple[Path, Path]]:
+    """(image, mask) files matched by file stem; DataError naming images without a mask."""
+    image_paths = image_files(images)
+    mask_paths = {p.stem: p for p in image_files(masks)}
+    missing = [p.name for p in image_paths if p.stem not in mask_paths]
+    if missing:
+        shown = ", ".join(missing[:5]) + (f" (+{len(missing) - 5} more)" if len(missing) > 5 else "")
+        raise DataError(f"no mask in {masks} for {shown}")
+    return [(p, mask_paths[p.stem]) for p in image_paths]
+
+
+def mask_on_input(mask: Image.Image, geometry: Geometry, threshold: int, name: str) -> tuple[np.ndarray, bool]:
+    """The ground truth on the model input: (H, W) bool, and whether the mask had to be
+    rescaled (same aspect ratio as its image to within one pixel, other size)."""
+    image_w, image_h = geometry.source
+    mask_w, mask_h = mask.size
+    rescaled = mask.size != geometry.source
+    if rescaled:
+        gap = abs(mask_w / mask_h - image_w / image_h) / (image_w / image_h)
+        if gap > 1 / min(mask_w, mask_h) + 1 / min(image_w, image_h):
+            raise DataError(f"mask {name} is {mask_w}x{mask_h}, its image is {image_w}x{image_h}: the aspect "
+                            f"ratios differ ({mask_w / mask_h:.3f} vs {image_w / image_h:.3f}), so the mask "
+                            "cannot be aligned with the image")
+    gray = mask.convert("L").resize(geometry.resized, resample=Image.BILINEAR)
+    return np.asarray(gray.crop((0, 0, *geometry.cropped))) > threshold, rescaled
+
+
+@dataclass
+class ImageJaccard:
+    """Scores of one image: Jaccard per head, best head, mean over heads, mean-map mask."""
+
+    name: str
+    per_head: list[float]
+    best_head: int
+    best: float
+    mean: float
+    mean_map: float
+
+
+def score_image(result: ImageAttention, truth: np.ndarray, name: str) -> ImageJaccard:
+    """Jaccard of each of ``result``'s masks against the (H, W) boolean ground truth on its input."""
+    masks = upsample(result.masks, result.patch_size).numpy()
+    scores = [jaccard(mask, truth) for mask in masks]
+    per_head = scores[:-1]
+    best_head = int(np.argmax(per_head))
+    return ImageJaccard(name, per_head, best_head, per_head[best_head], float(np.mean(per_head)), scores[-1])
+
+
+def evaluate_masks(backbone: nn.Module, pairs: Sequence[tuple[Path, Path]], short_side: Optional[int] = 480,
+                   fraction: float = DEFAULT_FRACTION, threshold: int = MASK_THRESHOLD,
+                   device: str | torch.device = "cpu", progress: bool = True,
+                   keep: int = 0) -> tuple[dict, list[tuple[ImageAttention, np.ndarray]]]:
+    """Score every (image, mask) pair; returns the JSON-ready report and, for the first ``keep``
+    images, (attention result, ground truth on its input) for figures."""
+    check_fraction(fraction)
+    if not pairs:
+        raise DataError("no image/mask pairs")
+    images, kept, patch_size, rescaled = [], [], None, 0
+    for image_path, mask_path in tqdm(pairs, desc="attention masks", unit="image", disable=not progress):
+        image = open_image(image_path)
+        mask = open_image(mask_path)
+        result = attend(backbone, image, short_side, fraction, device, name=str(image_path))
+        patch_size = result.patch_size
+        geometry = plan_geometry(image.size, result.patch_size, short_side, fit="crop", name=str(image_path))
+        truth, was_rescaled = mask_on_input(mask, geometry, threshold, str(mask_path))
+        rescaled += was_rescaled
+        images.append(score_image(result, truth, image_path.name))
+        if len(kept) < keep:
+            kept.append((result, truth))
+    if rescaled:
+        log.warning("%d of %d masks differ in size from their images (same aspect ratio): rescaled to them",
+                    rescaled, len(pairs))
+    heads = len(images[0].per_head)
+    per_head = np.mean([s.per_head for s in images], axis=0)
+    report = {
+        "settings": {"short_side": short_side, "mass_fraction": fraction, "mask_threshold": threshold,
+                     "patch_size": patch_size, "heads": heads},
+        "summary": {
+            "images": len(images),
+            "rescaled_masks": rescaled,
+            "best_head_jaccard": float(np.mean([s.best for s in images])),
+            "mean_head_jaccard": float(np.mean([s.mean for s in images])),
+            "mean_map_jaccard": float(np.mean([s.mean_map for s in images])),
+            "per_head_jaccard": [float(v) for v in per_head],
+            "best_fixed_head": int(np.argmax(per_head)),
+        },
+        "images": [asdict(s) for s in images],
+    }
+    return report, kept
