@@ -92,8 +92,8 @@ def test_reference_full_checkpoint_loads_backbone_and_network(tmp_path, new_api,
     path = tmp_path / "checkpoint0005.pth"
     reference_checkpoint(path, backbone, head, teacher_module_prefix=use_bn)
     head_keys = {k for k in head.state_dict() if k.startswith("last_layer.")}
-    assert head_keys == ({"last_layer.parametrizations.weight.original0", "last_layer.parametrizations.weight.original1"}
-                         if new_api else {"last_layer.weight_g", "last_layer.weight_v"})
+    new_names = {"last_layer.parametrizations.weight.original0", "last_layer.parametrizations.weight.original1"}
+    assert head_keys == (new_names if new_api else {"last_layer.weight_g", "last_layer.weight_v"})
 
     teacher = load_backbone(path)
     assert spec_of(teacher) == TINY and not teacher.training
@@ -199,7 +199,8 @@ def test_single_bad_key_is_named(tmp_path):
     cases = {
         "missing: norm.bias": {k: v for k, v in state.items() if k != "norm.bias"},
         "unexpected: head.weight": {**state, "head.weight": torch.zeros(10, 192)},
-        r"wrong shape: blocks\.1\.mlp\.fc1\.bias \(10,\) vs model \(768,\)": {**state, "blocks.1.mlp.fc1.bias": torch.zeros(10)},
+        r"wrong shape: blocks\.1\.mlp\.fc1\.bias \(10,\) vs model \(768,\)": {
+            **state, "blocks.1.mlp.fc1.bias": torch.zeros(10)},
     }
     for pattern, bad in cases.items():
         torch.save(bad, tmp_path / "bad.pth")
@@ -209,7 +210,8 @@ def test_single_bad_key_is_named(tmp_path):
 
 def test_explicit_spec_that_does_not_fit_says_what_the_file_holds(tmp_path):
     torch.save(tiny_backbone().state_dict(), tmp_path / "tiny.pth")
-    with pytest.raises(CheckpointError, match=r"holds a vit_tiny/8 \(depth 2, img_size 32\) backbone, the model is a vit_small/16"):
+    expected = r"holds a vit_tiny/8 \(depth 2, img_size 32\) backbone, the model is a vit_small/16"
+    with pytest.raises(CheckpointError, match=expected):
         load_backbone(tmp_path / "tiny.pth", spec=BackboneSpec("vit_small", 16))
 
 

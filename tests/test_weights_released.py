@@ -48,7 +48,8 @@ def random_backbone(spec: BackboneSpec, seed: int = 0) -> torch.nn.Module:
 
 
 # (arch, patch, format of the export): both formats are covered, each ViT-B size written once.
-CASES = [("vit_small", 16, "pth"), ("vit_small", 8, "safetensors"), ("vit_base", 16, "safetensors"), ("vit_base", 8, "pth")]
+CASES = [("vit_small", 16, "pth"), ("vit_small", 8, "safetensors"),
+         ("vit_base", 16, "safetensors"), ("vit_base", 8, "pth")]
 
 
 @pytest.fixture(scope="module", params=CASES, ids=[f"{a}{p}-{f}" for a, p, f in CASES])

@@ -217,11 +217,23 @@ def _run_settings(raw: dict[str, Any]) -> dict[str, Any]:
     return args.fields() if isinstance(args, ForeignObject) else {}
 
 
+def local_file(source: str | Path) -> Path:
+    """``source`` as a local path; a URL or a released-model name (``dino_vits16`` ...) is
+    fetched by :func:`dinossl.hub.fetch` into the torch hub cache (once)."""
+    if isinstance(source, str) and not Path(source).exists():
+        from dinossl import hub
+
+        if hub.is_url(source) or source in hub.RELEASED:
+            return hub.fetch(source)
+    return Path(source)
+
+
 def read_network_weights(path: str | Path, which: str = "teacher") -> NetworkWeights:
-    """Backbone and head tensors of ``path``; ``which`` picks the network of a training checkpoint."""
+    """Backbone and head tensors of ``path`` (a file, URL or released-model name); ``which``
+    picks the network of a training checkpoint."""
     if which not in NETWORKS:
         raise ValueError(f"which must be 'teacher' or 'student', got {which!r}")
-    raw = read_weights_file(path)
+    raw = read_weights_file(local_file(path))
     source = str(path)
     if isinstance(raw, dict) and any(_is_tensor_dict(raw.get(name)) for name in NETWORKS):
         if not _is_tensor_dict(raw.get(which)):
@@ -354,7 +366,9 @@ class HeadSpec:
 def infer_head_spec(head: dict[str, torch.Tensor], settings: Optional[dict[str, Any]] = None) -> HeadSpec:
     """Head sizes from its tensors: Linear weights are 2-D ``mlp.i.weight``, BatchNorms carry
     ``running_mean``. ``norm_last_layer`` comes from the run's settings, else from g == 1."""
-    linears = sorted(int(m.group(1)) for k, v in head.items() if (m := re.fullmatch(r"mlp\.(\d+)\.weight", k)) and v.ndim == 2)
+    linears = sorted(
+        int(m.group(1)) for k, v in head.items() if (m := re.fullmatch(r"mlp\.(\d+)\.weight", k)) and v.ndim == 2
+    )
     use_bn = any(k.endswith(".running_mean") for k in head)
     if len(linears) != 3 or "last_layer.weight_v" not in head or "last_layer.weight_g" not in head:
         raise CheckpointError(
@@ -391,7 +405,8 @@ def _name_keys(keys: list[str], limit: int = 12) -> str:
     # Patterns with the same block indices share one entry: blocks.{2-11}.{norm1.weight,norm1.bias}
     by_indices: dict[tuple, list[str]] = {}
     for pattern, indices in groups.items():
-        by_indices.setdefault((pattern.split("{}")[0], tuple(sorted(indices))) if indices else (pattern, ()), []).append(pattern)
+        group = (pattern.split("{}")[0], tuple(sorted(indices))) if indices else (pattern, ())
+        by_indices.setdefault(group, []).append(pattern)
     names = []
     for (lead, indices), patterns in by_indices.items():
         if not indices:
@@ -428,7 +443,9 @@ def state_problems(expected: dict[str, torch.Tensor], state: dict[str, torch.Ten
 
 def _complete(module: nn.Module, state: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
     """``state`` plus zero BatchNorm counters where the file has none (old torchvision files)."""
-    extra = {k: torch.zeros((), dtype=torch.long) for k in module.state_dict() if k.endswith(_BN_COUNTER) and k not in state}
+    extra = {
+        k: torch.zeros((), dtype=torch.long) for k in module.state_dict() if k.endswith(_BN_COUNTER) and k not in state
+    }
     return {**state, **extra} if extra else state
 
 

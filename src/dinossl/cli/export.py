@@ -15,7 +15,8 @@ def register(subparsers: argparse._SubParsersAction) -> None:
         "state dict or a backbone file as a plain state dict with the released DINO keys, loadable by "
         "dinossl.hub, timm and the reference code. The architecture is read from the tensors and checked.",
     )
-    parser.add_argument("checkpoint", metavar="CHECKPOINT", help="weights file (.pth or .safetensors) or URL")
+    parser.add_argument("checkpoint", metavar="CHECKPOINT",
+                        help="weights file (.pth or .safetensors), URL or released-model name (dino_vits16 ...)")
     parser.add_argument("--format", choices=FORMATS, default=None,
                         help="output format (default: from --output's suffix, else pth)")
     parser.add_argument("--student", action="store_true", help="export the student backbone instead of the teacher")
@@ -26,10 +27,10 @@ def register(subparsers: argparse._SubParsersAction) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
-    from dinossl.hub import fetch
-    from dinossl.weights import export_backbone_file
+    from dinossl.weights import export_backbone_file, local_file
 
     which = "student" if args.student else "teacher"
-    path, spec = export_backbone_file(fetch(args.checkpoint), args.output, args.format, which, overwrite=args.force)
+    source = local_file(args.checkpoint)
+    path, spec = export_backbone_file(source, args.output, args.format, which, overwrite=args.force)
     print(f"wrote the {which} backbone to {path}: {spec.describe()}")
     return 0
