@@ -1,0 +1,106 @@
+"""Fine-tuning: parameter groups (weight decay, layer-wise lr decay), stochastic depth, and a
+small ViT that learns a toy task end to end (with and without Mixup/CutMix)."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+import torch
+from timm.layers import DropPath
+from torch import nn
+
+from dinossl.data.augment import evaluation_transform
+from dinossl.data.images import ArrayImages
+from dinossl.errors import DinoError
+from dinossl.eval.baselines import RawPixels
+from dinossl.eval.features import TransformedImages
+from dinossl.eval.finetune import (
+    FinetuneModel, FinetuneSettings, finetune, finetune_train_transform, layer_index, parameter_groups, set_drop_path,
+)
+from dinossl.eval.supervised import evaluation_loader, training_loader
+from dinossl.models import build_vit
+from dinossl.train.distributed import DistContext
+
+CPU = DistContext(0, 1, 0, torch.device("cpu"))
+
+
+@pytest.fixture(autouse=True)
+def _one_thread():
+    """One intra-op thread: tiny tensors, a shared 2-core machine."""
+    previous = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(previous)
+
+
+def small_model(depth: int = 2) -> FinetuneModel:
+    torch.manual_seed(0)
+    return FinetuneModel(build_vit("vit_tiny", patch_size=8, img_size=16, depth=depth), 192, 3)
+
+
+def test_layer_wise_lr_decay_and_weight_decay_groups():
+    model = small_model(depth=2)
+    groups = parameter_groups(model, weight_decay=0.05, layer_decay=0.5)
+    scale = {id(p): g["lr_scale"] for g in groups for p in g["params"]}
+    decay = {id(p): g["weight_decay"] for g in groups for p in g["params"]}
+    params = dict(model.named_parameters())
+    expected_scale = {
+        "backbone.patch_embed.proj.weight": 0.125, "backbone.cls_token": 0.125, "backbone.pos_embed": 0.125,
+        "backbone.blocks.0.attn.qkv.weight": 0.25, "backbone.blocks.1.mlp.fc2.bias": 0.5,
+        "backbone.norm.weight": 1.0, "head.weight": 1.0,
+    }
+    for name, value in expected_scale.items():
+        assert scale[id(params[name])] == value, name
+    for name in ("backbone.cls_token", "backbone.pos_embed", "backbone.blocks.0.norm1.weight", "head.bias",
+                 "backbone.blocks.1.attn.qkv.bias"):
+        assert decay[id(params[name])] == 0.0, name
+    for name in ("backbone.patch_embed.proj.weight", "backbone.blocks.0.attn.qkv.weight", "head.weight"):
+        assert decay[id(params[name])] == 0.05, name
+    assert sum(len(g["params"]) for g in groups) == len(params)
+    assert {g["lr_scale"] for g in parameter_groups(model, 0.05)} == {1.0}
+    assert layer_index("head.weight", 12) == 13
+    with pytest.raises(DinoError, match="ViT"):
+        parameter_groups(FinetuneModel(RawPixels(), 12, 3), 0.05, layer_decay=0.75)
+
+
+def test_drop_path_grows_linearly_over_blocks():
+    backbone = build_vit("vit_tiny", patch_size=8, img_size=16, depth=3)
+    set_drop_path(backbone, 0.2)
+    assert isinstance(backbone.blocks[0].drop_path1, nn.Identity)
+    rates = [block.drop_path2.drop_prob for block in backbone.blocks[1:]]
+    assert rates == pytest.approx([0.1, 0.2]) and isinstance(backbone.blocks[2].drop_path1, DropPath)
+    set_drop_path(backbone, 0.0)
+    assert all(isinstance(block.drop_path1, nn.Identity) for block in backbone.blocks)
+
+
+def _colour_images(per_class: int, seed: int) -> ArrayImages:
+    rng = np.random.default_rng(seed)
+    labels = np.repeat(np.arange(3), per_class)
+    pixels = rng.integers(0, 60, (len(labels), 16, 16, 3)).astype(np.uint8)
+    pixels[np.arange(len(labels)), :, :, labels] += 180
+    return ArrayImages(pixels, labels, ["red", "green", "blue"])
+
+
+@pytest.mark.parametrize("mix", [False, True])
+def test_finetuning_learns_a_toy_task(mix):
+    model = small_model(depth=1)
+    settings = FinetuneSettings(epochs=4, base_lr=4e-3, batch_size=16, warmup_epochs=1, randaugment=mix,
+                                mixup=0.8 if mix else 0.0, cutmix=1.0 if mix else 0.0, random_erasing=0.0,
+                                layer_decay=0.75, clip_grad=1.0)
+    train_set = TransformedImages(_colour_images(16, 0), finetune_train_transform(16, settings.randaugment, 0.0))
+    val_set = TransformedImages(_colour_images(8, 1), evaluation_transform(16, 16))
+    history = finetune(model, training_loader(train_set, 16, CPU, seed=0), evaluation_loader(val_set, 32, CPU), 3,
+                       settings)
+    assert len(history) == 4 and all("top1" in entry for entry in history)
+    assert history[0]["lr"] < history[1]["lr"]  # warm-up
+    if not mix:
+        assert history[-1]["top1"] == 100.0
+        assert history[-1]["train_loss"] < history[0]["train_loss"]
+    assert all(np.isfinite(entry["train_loss"]) for entry in history)
+
+
+def test_settings_are_checked_and_lr_scales_with_batch():
+    assert FinetuneSettings(batch_size=1024).lr == pytest.approx(1e-3)
+    for bad in ({"layer_decay": 0.0}, {"layer_decay": 1.5}, {"epochs": 0}, {"label_smoothing": 1.0}, {"mixup": -1.0}):
+        with pytest.raises(DinoError):
+            FinetuneSettings(**bad)
