@@ -86,7 +86,7 @@ def labels_from_soft(soft: torch.Tensor, size: tuple[int, int], ids: Sequence[in
     low = up.amin(dim=(1, 2), keepdim=True)
     high = up.amax(dim=(1, 2), keepdim=True)
     scaled = torch.where(high > 0, (up - low) / (high - low).clamp_min(1e-12), up)
-    return np.asarray(ids, dtype=np.uint8)[scaled.argmax(dim=0).numpy()]
+    return np.asarray(ids, dtype=np.uint8)[scaled.max(dim=0).indices.numpy()]
 
 
 def segment_frames(backbone: nn.Module, frames: Sequence[Path], first_labels: np.ndarray,
@@ -159,8 +159,8 @@ def evaluate_davis(backbone: nn.Module, root: str | Path, output: Path, sequence
         folder = output / name
         folder.mkdir(parents=True, exist_ok=True)
         predictions = []
-        for frame, labels in zip(frames, segment_frames(backbone, frames, first, settings, device, progress)):
-            write_annotation(folder / f"{frame.stem}.png", labels)
+        for index, labels in enumerate(segment_frames(backbone, frames, first, settings, device, progress)):
+            write_annotation(folder / f"{frames[index].stem}.png", labels)
             predictions.append(labels)
         missing = sum(t is None for t in truths[1:-1])
         if missing:
