@@ -77,6 +77,19 @@ def test_a_mask_at_another_scale_is_rescaled(tmp_path, brightness_backbone, dino
     assert "1 of 1 masks differ in size" in dinossl_log.text
 
 
+def test_palette_masks_count_every_object_index_as_foreground(tmp_path, brightness_backbone):
+    image, mask = _bright_square(32, 32, 8, 8, 16)
+    (tmp_path / "images").mkdir()
+    (tmp_path / "masks").mkdir()
+    Image.fromarray(image).save(tmp_path / "images" / "p.png")
+    palette_mask = Image.fromarray((mask > 0).astype(np.uint8), mode="P")  # index 1 = dark red, gray 38
+    palette_mask.putpalette([0, 0, 0, 128, 0, 0] + [0] * 762)
+    palette_mask.save(tmp_path / "masks" / "p.png")
+    pairs = pair_images_with_masks(tmp_path / "images", tmp_path / "masks")
+    report, _ = evaluate_masks(brightness_backbone(), pairs, short_side=None, fraction=1.0, progress=False)
+    assert report["images"][0]["best"] == 1.0
+
+
 def test_bad_pairs(tmp_path, brightness_backbone):
     image, mask = _bright_square(16, 16, 0, 0, 8)
     _pair(tmp_path, "ok", image, mask)

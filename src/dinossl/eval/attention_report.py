@@ -94,12 +94,13 @@ def video_frame(result: ImageAttention, head: Optional[int] = None) -> Image.Ima
     return heatmap_overlay(result.picture, upsample(chosen, result.patch_size))
 
 
-def attention_video(backbone: nn.Module, frames: Sequence[Image.Image], output: Path,
+def attention_video(backbone: nn.Module, frames: Sequence[Image.Image | Path], output: Path,
                     video_name: str = "attention.gif", fps: float = 10.0, head: Optional[int] = None,
                     short_side: Optional[int] = 480, fraction: float = DEFAULT_FRACTION,
                     device: str | torch.device = "cpu", progress: bool = True,
                     frame_names: Optional[Sequence[str]] = None) -> Path:
-    """Overlay every frame (written to ``output/frames``) and assemble the attention video."""
+    """Overlay every frame (written to ``output/frames``) and assemble the attention video.
+    Frames given as paths are read one at a time."""
     if not frames:
         raise DataError("no frames")
     frame_names = list(frame_names or [f"{i:05d}" for i in range(len(frames))])
@@ -107,6 +108,8 @@ def attention_video(backbone: nn.Module, frames: Sequence[Image.Image], output: 
     pictures = []
     for name, frame in tqdm(list(zip(frame_names, frames)), desc="attention video", unit="frame",
                             disable=not progress):
+        if isinstance(frame, Path):
+            frame = open_image(frame)
         result = attend(backbone, frame, short_side, fraction, device, name=name)
         picture = video_frame(result, head)
         picture.save(output / "frames" / f"{name}.png")
@@ -129,15 +132,14 @@ def run_attention(backbone: nn.Module, source: str | Path, output: Path, *, vide
     common = dict(short_side=short_side, fraction=fraction, device=device)
     if is_video_file(source) or (video and source.is_dir()):
         if source.is_dir():
-            paths = list_frames(source)
-            common_size(paths)
-            frames = [open_image(path) for path in paths]
-            names = [path.stem for path in paths]
+            frames = list_frames(source)
+            common_size(frames)
+            names = [path.stem for path in frames]
         else:
             frames = read_video(source)
             names = None
-        if len({frame.size for frame in frames}) > 1:
-            raise DataError(f"{source}: frames differ in size")
+            if len({frame.size for frame in frames}) > 1:
+                raise DataError(f"{source}: frames differ in size")
         return [attention_video(backbone, frames, output, video_name, fps, head, progress=progress,
                                 frame_names=names, **common)]
     if video:

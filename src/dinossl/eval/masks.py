@@ -17,7 +17,7 @@ from typing import Optional, Sequence
 
 import numpy as np
 import torch
-from PIL import Image
+from PIL import Image, UnidentifiedImageError
 from torch import nn
 from tqdm import tqdm
 
@@ -52,8 +52,28 @@ def pair_images_with_masks(images: str | Path, masks: str | Path) -> list[tuple[
     return [(p, mask_paths[p.stem]) for p in image_paths]
 
 
+def open_mask(path: str | Path) -> Image.Image:
+    """A foreground mask file as a gray (mode L) picture: gray and colour masks by their gray
+    level; palette masks (VOC/DAVIS style) by index, every index but 0 and 255 (void) being
+    foreground (255 in the result); 16-bit and float masks are refused."""
+    path = Path(path)
+    if not path.is_file():
+        raise DataError(f"mask {path} does not exist")
+    try:
+        with Image.open(path) as mask:
+            mask.load()
+            if mask.mode == "P":
+                index = np.asarray(mask)
+                return Image.fromarray(np.where((index != 0) & (index != 255), 255, 0).astype(np.uint8))
+            if mask.mode in ("I", "I;16", "I;16B", "I;16L", "F"):
+                raise DataError(f"mask {path}: {mask.mode} masks are not supported; save it as 8-bit gray")
+            return mask.convert("L")
+    except (UnidentifiedImageError, OSError, ValueError) as exc:
+        raise DataError(f"mask {path}: not a readable image ({exc})") from exc
+
+
 def mask_on_input(mask: Image.Image, geometry: Geometry, threshold: int, name: str) -> tuple[np.ndarray, bool]:
-    """The ground truth on the model input: (H, W) bool, and whether the mask had to be
+    """The gray ``mask`` (see :func:`open_mask`) on the model input: (H, W) bool, and whether the mask had to be
     rescaled (same aspect ratio as its image to within one pixel, other size)."""
     image_w, image_h = geometry.source
     mask_w, mask_h = mask.size
@@ -64,7 +84,7 @@ def mask_on_input(mask: Image.Image, geometry: Geometry, threshold: int, name: s
             raise DataError(f"mask {name} is {mask_w}x{mask_h}, its image is {image_w}x{image_h}: the aspect "
                             f"ratios differ ({mask_w / mask_h:.3f} vs {image_w / image_h:.3f}), so the mask "
                             "cannot be aligned with the image")
-    gray = mask.convert("L").resize(geometry.resized, resample=Image.BILINEAR)
+    gray = mask.resize(geometry.resized, resample=Image.BILINEAR)
     return np.asarray(gray.crop((0, 0, *geometry.cropped))) > threshold, rescaled
 
 
@@ -101,7 +121,7 @@ def evaluate_masks(backbone: nn.Module, pairs: Sequence[tuple[Path, Path]], shor
     images, kept, patch_size, rescaled = [], [], None, 0
     for image_path, mask_path in tqdm(pairs, desc="attention masks", unit="image", disable=not progress):
         image = open_image(image_path)
-        mask = open_image(mask_path)
+        mask = open_mask(mask_path)
         result = attend(backbone, image, short_side, fraction, device, name=str(image_path))
         patch_size = result.patch_size
         geometry = plan_geometry(image.size, result.patch_size, short_side, fit="crop", name=str(image_path))
