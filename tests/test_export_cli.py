@@ -199,3 +199,10 @@ def test_export_bad_input_is_one_error_line(init_weights, capsys, tmp_path, case
     assert status == 2 and stdout == ""
     assert len(err) == 1 and err[0].startswith("dino export: error:") and needle in err[0]
     assert not (tmp_path / "x.pth").exists() and not (tmp_path / "x.safetensors").exists()
+
+
+def test_cli_formats_are_the_library_formats():
+    from dinossl.cli import export
+    from dinossl.weights import FORMATS
+
+    assert export.FORMATS == FORMATS

@@ -29,7 +29,6 @@ import torch
 from torch import nn
 
 from dinossl.errors import CheckpointError
-from dinossl.train.checkpoint import write_atomic
 
 FORMATS = ("pth", "safetensors")
 NETWORKS = ("teacher", "student")
@@ -568,6 +567,8 @@ def write_backbone(state: dict[str, torch.Tensor], path: str | Path, fmt: Option
     ``fmt`` defaults to the path's suffix. An existing file is kept unless ``overwrite``.
     """
     path = Path(path)
+    from dinossl.train.checkpoint import write_atomic  # dinossl.train imports the trainer: only when writing
+
     fmt = fmt or path.suffix.lstrip(".")
     if fmt not in FORMATS:
         raise CheckpointError(f"format must be one of {', '.join(FORMATS)}, got {fmt!r}")

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import argparse
 
-from dinossl.weights import FORMATS
+FORMATS = ("pth", "safetensors")  # dinossl.weights.FORMATS, without importing torch to build the parser
 
 
 def register(subparsers: argparse._SubParsersAction) -> None:
