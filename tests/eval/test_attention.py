@@ -204,3 +204,22 @@ def test_overlays():
     assert tinted[~mask].sum() == 0 and np.all(tinted[mask].sum(axis=1) > 0)
     with pytest.raises(ValueError):
         mask_overlay(picture, mask.T)
+
+
+def test_mp4_round_trip_with_pyav(tmp_path):
+    pytest.importorskip("av", reason="MP4 needs the optional PyAV package")
+    frames = [Image.fromarray(np.full((33, 47, 3), 40 * i, np.uint8)) for i in range(4)]
+    path = write_video(frames, tmp_path / "clip.mp4", fps=5)
+    back = read_video(path)
+    assert len(back) == 4 and back[0].size == (46, 32)  # H.264 needs even sides
+    assert abs(int(np.asarray(back[3]).mean()) - 120) < 4
+
+
+def test_mp4_without_pyav_says_what_to_install(tmp_path, monkeypatch):
+    import sys
+
+    monkeypatch.setitem(sys.modules, "av", None)  # import av now fails
+    with pytest.raises(DataError, match="pip install av"):
+        write_video([Image.new("RGB", (8, 8))], tmp_path / "clip.mp4")
+    with pytest.raises(DataError, match="pip install av"):
+        read_video(tmp_path / "clip.mp4")
