@@ -191,8 +191,11 @@ def extract_features(
     was_training = backbone.training
     backbone.eval()
     features, labels, indices = [], [], []
+    report_every = max(len(loader) // 10, 1) if len(loader) >= 50 else 0
     try:
-        for batch in loader:
+        for step, batch in enumerate(loader, start=1):
+            if report_every and step % report_every == 0:
+                log.info("features: batch %d/%d", step, len(loader))
             if batch is None:
                 continue
             images, batch_labels, batch_indices = batch

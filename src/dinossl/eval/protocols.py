@@ -151,6 +151,7 @@ def finetune_protocol(
 ) -> dict[str, Any]:
     """Fine-tune ``backbone`` (modified in place) with a new linear classifier; val top-1/top-5."""
     dim = feature_dim(backbone, FeatureSpec(), images.crop, ctx.device)
+    torch.manual_seed(settings.seed)
     model = FinetuneModel(backbone, dim, len(splits.classes)).to(ctx.device)
     train_set = TransformedImages(splits.train, finetune_train_transform(images.crop, settings.randaugment,
                                                                          settings.random_erasing))
