@@ -2,7 +2,13 @@
 
 
 class DinoError(Exception):
-    """An error caused by the user's input (data, config, checkpoint), not a bug."""
+    """An error caused by the user's input (data, config, checkpoint), not a bug.
+
+    ``same_on_all_ranks``: every process of a distributed run raises the same error, so only
+    rank 0 needs to print it.
+    """
+
+    same_on_all_ranks = False
 
 
 class ConfigError(DinoError):

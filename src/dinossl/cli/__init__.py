@@ -46,7 +46,10 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     try:
         result = args.func(args)
     except DinoError as exc:
-        print(f"dino {args.command}: error: {exc}", file=sys.stderr)
+        rank = int(os.environ.get("RANK", "0"))
+        if rank == 0 or not exc.same_on_all_ranks:
+            where = f" (rank {rank})" if rank else ""
+            print(f"dino {args.command}{where}: error: {exc}", file=sys.stderr)
         return 2
     except KeyboardInterrupt:
         print(f"dino {args.command}: interrupted", file=sys.stderr)

@@ -24,6 +24,7 @@ class DistContext:
     world_size: int
     local_rank: int
     device: torch.device
+    owns_process_group: bool = False  # this module created the group, so it destroys it
 
     @property
     def is_main(self) -> bool:
@@ -66,7 +67,8 @@ def init_distributed(device_preference: str = "auto", timeout_s: int = 600) -> D
     if device.type == "cuda":
         torch.cuda.set_device(device)
     backend = "nccl" if device.type == "cuda" else "gloo"
-    if not dist.is_initialized():
+    owns = not dist.is_initialized()
+    if owns:
         try:
             dist.init_process_group(
                 backend=backend,
@@ -79,7 +81,7 @@ def init_distributed(device_preference: str = "auto", timeout_s: int = 600) -> D
                 f"{os.environ['MASTER_ADDR']}:{os.environ['MASTER_PORT']} within {timeout_s} s "
                 f"({type(exc).__name__}: {str(exc).splitlines()[0] if str(exc) else ''})"
             ) from exc
-    return DistContext(rank, world_size, local_rank, device)
+    return DistContext(rank, world_size, local_rank, device, owns_process_group=owns)
 
 
 def shutdown_distributed() -> None:

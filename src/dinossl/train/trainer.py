@@ -10,6 +10,7 @@ from __future__ import annotations
 import logging
 import time
 from dataclasses import dataclass, field
+from functools import cached_property
 from pathlib import Path
 from typing import Any, Optional
 
@@ -26,7 +27,14 @@ from dinossl.errors import CheckpointError, DataError, DinoError
 from dinossl.models import MultiCropNetwork, build_network
 from dinossl.objective import CollapseMonitor, DINOLoss, cosine_schedule, teacher_temperature_schedule
 from dinossl.train.checkpoint import CHECKPOINT_NAME, backbone_state_dict, export_backbone, read_checkpoint, save_checkpoint
-from dinossl.train.distributed import DistContext, PeerFailure, all_reduce, barrier, init_distributed
+from dinossl.train.distributed import (
+    DistContext,
+    PeerFailure,
+    all_reduce,
+    barrier,
+    init_distributed,
+    shutdown_distributed,
+)
 from dinossl.train.optim import (
     build_optimizer,
     clip_gradients_per_tensor,
@@ -43,7 +51,9 @@ EXPORT_STEM = "teacher_backbone"
 
 
 class NonFiniteLoss(DinoError):
-    """The loss became NaN or infinite on some process."""
+    """The loss became NaN or infinite on some process (every rank stops with this error)."""
+
+    same_on_all_ranks = True
 
 
 @dataclass
@@ -69,6 +79,10 @@ class Run:
     run_log: RunLog
     start_epoch: int = 0
     collapse: CollapseMonitor = field(default_factory=lambda: CollapseMonitor(out_dim=1))
+
+    @cached_property
+    def trainable_params(self) -> list[torch.Tensor]:
+        return [p for p in self.student.parameters() if p.requires_grad]
 
     @property
     def global_batch(self) -> int:
@@ -277,15 +291,41 @@ def _min_across_ranks(first_bad_step: torch.Tensor) -> int:
     return int(value.item())
 
 
+def training_step(
+    run: Run, crops: list[torch.Tensor], step: int, teacher_temp: float, freeze_last_layer: bool
+) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
+    """One DINO iteration on device-resident crops (2 global + N local, each (B, 3, S, S)):
+    scheduled lr/wd, teacher and student forward, loss, backward, clipping, optimiser step,
+    teacher EMA. Returns the detached loss and diagnostics; never syncs with the host."""
+    cfg = run.config
+    set_lr_and_weight_decay(run.optimizer, float(run.lr[step]), float(run.weight_decay[step]))
+    device_type = crops[0].device.type
+    with torch.autocast(device_type, dtype=run.amp_dtype or torch.float32, enabled=run.amp_dtype is not None):
+        with torch.no_grad():
+            teacher_logits = run.teacher(crops[:2])
+        student_logits = run.student_ddp(crops)
+    loss, stats = run.loss_fn(student_logits, teacher_logits, teacher_temp)
+
+    run.optimizer.zero_grad(set_to_none=True)
+    run.scaler.scale(loss).backward()
+    if cfg.optim.clip_grad > 0:
+        run.scaler.unscale_(run.optimizer)
+        clip_gradients_per_tensor(run.trainable_params, cfg.optim.clip_grad)
+    if freeze_last_layer:
+        drop_last_layer_gradients(run.student)
+    run.scaler.step(run.optimizer)
+    run.scaler.update()
+    ema_update(run.teacher, run.student, float(run.momentum[step]))
+    return loss.detach(), stats
+
+
 def train_one_epoch(run: Run, epoch: int, progress: tqdm) -> dict[str, float]:
     """One pass over this process's shard; returns the epoch's mean statistics."""
     cfg, ctx, device = run.config, run.ctx, run.ctx.device
     run.sampler.set_epoch(epoch)
     _seed_for_epoch(cfg.train.seed, epoch, ctx.rank)
-    student_params = [p for p in run.student.parameters() if p.requires_grad]
     temp = float(run.teacher_temp[epoch])
     freeze_last = epoch < cfg.optim.freeze_last_layer
-    autocast = torch.autocast(device.type, dtype=run.amp_dtype or torch.float32, enabled=run.amp_dtype is not None)
 
     interval = torch.zeros(5, device=device)  # loss, entropy, kl, count, nonfinite
     epoch_sums = torch.zeros(5, device=device)
@@ -295,25 +335,10 @@ def train_one_epoch(run: Run, epoch: int, progress: tqdm) -> dict[str, float]:
     for it, (crops, _, n_skipped) in enumerate(run.loader):
         step = epoch * run.steps_per_epoch + it
         skipped += n_skipped
-        set_lr_and_weight_decay(run.optimizer, float(run.lr[step]), float(run.weight_decay[step]))
+        if not crops:
+            raise DataError(f"every image of the batch at step {step + 1} was unreadable; check the data folder")
         crops = [c.to(device, non_blocking=True) for c in crops]
-
-        with autocast:
-            with torch.no_grad():
-                teacher_logits = run.teacher(crops[:2])
-            student_logits = run.student_ddp(crops)
-        loss, stats = run.loss_fn(student_logits, teacher_logits, temp)
-
-        run.optimizer.zero_grad(set_to_none=True)
-        run.scaler.scale(loss).backward()
-        if cfg.optim.clip_grad > 0:
-            run.scaler.unscale_(run.optimizer)
-            clip_gradients_per_tensor(student_params, cfg.optim.clip_grad)
-        if freeze_last:
-            drop_last_layer_gradients(run.student)
-        run.scaler.step(run.optimizer)
-        run.scaler.update()
-        ema_update(run.teacher, run.student, float(run.momentum[step]))
+        loss, stats = training_step(run, crops, step, temp, freeze_last)
 
         finite = torch.isfinite(loss.detach())
         first_bad_step = torch.where((first_bad_step < 0) & ~finite, step, first_bad_step)
@@ -366,7 +391,10 @@ def train(
     """
     run = build_run(config, output_dir, init_from)
     try:
-        return _train(run, stop_after_epochs)
+        result = _train(run, stop_after_epochs)
+        if run.ctx.owns_process_group:
+            shutdown_distributed()
+        return result
     except (RuntimeError, dist.DistError) as exc:
         if run.ctx.distributed and _is_peer_failure(exc):
             raise PeerFailure(
