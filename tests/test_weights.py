@@ -121,6 +121,8 @@ def test_network_state_dict_and_released_backbone_in_safetensors(tmp_path):
         assert torch.equal(load_backbone(tmp_path / "backbone.safetensors")(images()), backbone(images()))
     with pytest.raises(CheckpointError, match="backbone only"):
         load_network(tmp_path / "backbone.safetensors")
+    (tmp_path / "backbone.safetensors").rename(tmp_path / "renamed.pth")  # recognised by content
+    assert torch.equal(load_backbone(tmp_path / "renamed.pth").cls_token, backbone.cls_token)
 
 
 def test_timm_dino_state_dict_gives_timm_output(tmp_path):

@@ -448,14 +448,19 @@ def _complete(module: nn.Module, state: dict[str, torch.Tensor]) -> dict[str, to
     return {**state, **extra} if extra else state
 
 
-def load_state_strict(module: nn.Module, state: dict[str, torch.Tensor], source: str = "weights",
-                      context: str = "") -> None:
-    """Copy ``state`` into ``module`` after exact key and shape checking; one CheckpointError
-    names every offending key. ``context`` is prepended to the problems in that error."""
+def _check_fit(module: nn.Module, state: dict[str, torch.Tensor], source: str, context: str) -> None:
+    """Raise one CheckpointError naming every key of ``state`` that does not fit ``module``."""
     problems = state_problems(module.state_dict(), state)
     if problems:
         lead = f"{context}; " if context else ""
         raise CheckpointError(f"{source} does not fit the {type(module).__name__}: {lead}" + "; ".join(problems))
+
+
+def load_state_strict(module: nn.Module, state: dict[str, torch.Tensor], source: str = "weights",
+                      context: str = "") -> None:
+    """Copy ``state`` into ``module`` after exact key and shape checking; one CheckpointError
+    names every offending key. ``context`` is prepended to the problems in that error."""
+    _check_fit(module, state, source, context)
     module.load_state_dict(_complete(module, state), strict=True)
 
 
@@ -478,11 +483,8 @@ def _materialise(build, state: dict[str, torch.Tensor], source: str, context: st
     init); falls back to a real build when the module has buffers the state does not hold."""
     with torch.device("meta"):
         module = build()
+    _check_fit(module, state, source, context)
     expected = module.state_dict()
-    problems = state_problems(expected, state)
-    if problems:
-        lead = f"{context}; " if context else ""
-        raise CheckpointError(f"{source} does not fit the {type(module).__name__}: {lead}" + "; ".join(problems))
     state = _complete(module, state)
     state = {k: v.to(expected[k].dtype) if v.dtype != expected[k].dtype else v for k, v in state.items()}
     module.load_state_dict(state, strict=True, assign=True)
