@@ -31,8 +31,8 @@ from dinossl.eval.linear import (
     LinearSettings, frozen_feature_batches, linear_train_transform, loader_batches, train_linear_classifier,
 )
 from dinossl.eval.results import check_output, write_results
-from dinossl.eval.validation import require_non_negative, require_positive
 from dinossl.eval.supervised import evaluation_loader, summarise, training_loader
+from dinossl.eval.validation import require_non_negative, require_positive
 from dinossl.train.distributed import DistContext, all_reduce, barrier, init_distributed, shutdown_distributed
 
 log = logging.getLogger("dinossl")

@@ -3,7 +3,6 @@ shard across processes, top-1/top-5 counting, and the per-epoch record."""
 
 from __future__ import annotations
 
-import logging
 from typing import Any, Callable, Iterable, Optional
 
 import torch
@@ -11,8 +10,6 @@ from torch.utils.data import DataLoader, Dataset, DistributedSampler, RandomSamp
 
 from dinossl.eval.features import collate_indexed, shard_indices
 from dinossl.train.distributed import DistContext, all_reduce
-
-log = logging.getLogger("dinossl")
 
 
 def per_process_batch(global_batch: int, ctx: DistContext) -> int:
