@@ -27,6 +27,17 @@ def _window(start: int, stop: int, radius: Optional[int], size: int) -> tuple[in
     return max(0, start - radius), min(size, stop + radius)
 
 
+def _far_bias(top: int, height: int, window_h: int, left: int, width: int, window_w: int, radius: int,
+              dtype: torch.dtype, device: torch.device) -> torch.Tensor:
+    """(height * width, 1, window_h * window_w) additive bias: 0 where a source lies within
+    ``radius`` of the target (tile offsets ``top``/``left`` inside its window), -inf elsewhere."""
+    near_y = (torch.arange(height, device=device)[:, None] + top - torch.arange(window_h, device=device)).abs() <= radius
+    near_x = (torch.arange(width, device=device)[:, None] + left - torch.arange(window_w, device=device)).abs() <= radius
+    near = (near_y[:, None, :, None] & near_x[None, :, None, :]).reshape(height * width, 1, -1)
+    far = torch.zeros(near.shape, dtype=dtype, device=device)
+    return far.masked_fill_(~near, float("-inf"))
+
+
 @torch.no_grad()
 def propagate_labels(
     target: torch.Tensor,
@@ -65,7 +76,7 @@ def propagate_labels(
     keys_all = sources.permute(0, 2, 3, 1).contiguous()  # (n, h, w, d): windows copy whole rows
     labels_all = source_labels.permute(0, 2, 3, 1).contiguous()  # (n, h, w, C)
     out = source_labels.new_zeros(h, w, classes)
-    rows, cols = torch.arange(h, device=target.device), torch.arange(w, device=target.device)
+    biases: dict[tuple[int, ...], torch.Tensor] = {}  # interior tiles share one neighbourhood bias
     for y0 in range(0, h, tile):
         y1 = min(h, y0 + tile)
         sy0, sy1 = _window(y0, y1, radius, h)
@@ -76,12 +87,11 @@ def propagate_labels(
             keys = keys_all[:, sy0:sy1, sx0:sx1].reshape(-1, d)  # (n * S, d)
             similarity = queries @ keys.T  # (t, n * S)
             if radius is not None:
-                near_y = (rows[y0:y1, None] - rows[None, sy0:sy1]).abs() <= radius  # (th, wh)
-                near_x = (cols[x0:x1, None] - cols[None, sx0:sx1]).abs() <= radius  # (tw, ww)
-                near = (near_y[:, None, :, None] & near_x[None, :, None, :]).reshape(queries.shape[0], 1, -1)
-                far = torch.zeros(near.shape, dtype=similarity.dtype, device=similarity.device)
-                far.masked_fill_(~near, float("-inf"))
-                similarity = (similarity.view(queries.shape[0], n, -1) + far).view(queries.shape[0], -1)
+                key = (y0 - sy0, y1 - y0, sy1 - sy0, x0 - sx0, x1 - x0, sx1 - sx0)
+                if key not in biases:
+                    biases[key] = _far_bias(*key, radius, similarity.dtype, similarity.device)
+                far = biases[key]  # (t, 1, S): 0 inside the neighbourhood, -inf outside
+                similarity.view(queries.shape[0], n, -1).add_(far)
             values, index = similarity.topk(min(topk, similarity.shape[1]), dim=1)
             weights = torch.softmax(values / temperature, dim=1)  # (t, k); -inf entries weigh 0
             labels = labels_all[:, sy0:sy1, sx0:sx1].reshape(-1, classes)  # (n * S, C)
