@@ -26,16 +26,16 @@ def _image(path, size=(72, 56), mode="RGB", seed=0):
 def test_attention_on_one_image(tmp_path, weights, capsys):
     image = _image(tmp_path / "photo.png")
     out = tmp_path / "out"
-    assert main(["attention", str(image), "--weights", weights, "--output", str(out), "--short-side", "64"]) == 0
+    assert main(["attention", weights, str(image), "--output", str(out), "--short-side", "64"]) == 0
     assert (out / "attn-head2.png").is_file() and (out / "mask-mean.png").is_file()
     assert Image.open(out / "attn-mean.png").size == (80, 64)  # 82 x 64 cropped to multiples of 8
     assert json.loads((out / "attention.json").read_text())["grid"] == [8, 10]
     assert "wrote" in capsys.readouterr().out
     # The folder now holds results: refused without --force, accepted with it.
-    assert main(["attention", str(image), "--weights", weights, "--output", str(out)]) == 2
+    assert main(["attention", weights, str(image), "--output", str(out)]) == 2
     assert "not empty" in capsys.readouterr().err
-    assert main(["attention", str(image), "--weights", weights, "--output", str(out), "--short-side", "64",
-                 "--force", "--fraction", "0.3"]) == 0
+    assert main(["attention", weights, str(image), "--output", str(out), "--short-side", "64",
+                 "--overwrite", "--fraction", "0.3"]) == 0
     assert json.loads((out / "attention.json").read_text())["mass_fraction"] == 0.3
 
 
@@ -46,7 +46,7 @@ def test_attention_on_a_folder_with_grayscale_and_rgba(tmp_path, weights):
     _image(folder / "b.png", mode="L")
     _image(folder / "c.png", mode="RGBA")
     out = tmp_path / "out"
-    assert main(["attention", str(folder), "--weights", weights, "--output", str(out), "--native-size",
+    assert main(["attention", weights, str(folder), "--output", str(out), "--native-size",
                  "--no-progress"]) == 0
     for name in "abc":
         assert Image.open(out / name / "attn-head0.png").size == (72, 56)
@@ -58,7 +58,7 @@ def test_attention_video_from_frames(tmp_path, weights):
     for index in range(3):
         _image(frames / f"{index:05d}.jpg", seed=index)
     out = tmp_path / "out"
-    assert main(["attention", str(frames), "--video", "--weights", weights, "--output", str(out),
+    assert main(["attention", weights, str(frames), "--video", "--output", str(out),
                  "--short-side", "64", "--head", "1", "--no-progress"]) == 0
     with Image.open(out / "attention.gif") as gif:
         assert gif.n_frames == 3
@@ -67,15 +67,15 @@ def test_attention_video_from_frames(tmp_path, weights):
 
 def test_attention_bad_input(tmp_path, weights, capsys):
     tiny = _image(tmp_path / "tiny.png", size=(5, 40))
-    assert main(["attention", str(tiny), "--weights", weights, "--output", str(tmp_path / "o1")]) == 2
+    assert main(["attention", weights, str(tiny), "--output", str(tmp_path / "o1")]) == 2
     assert "smaller than one 8x8 patch" in capsys.readouterr().err
     frames = tmp_path / "frames"
     frames.mkdir()
     _image(frames / "0.png")
     _image(frames / "1.png", size=(64, 64))
-    assert main(["attention", str(frames), "--video", "--weights", weights, "--output", str(tmp_path / "o2")]) == 2
+    assert main(["attention", weights, str(frames), "--video", "--output", str(tmp_path / "o2")]) == 2
     assert "differ in size" in capsys.readouterr().err
-    assert main(["attention", str(tiny), "--weights", weights, "--output", str(tmp_path / "o3"),
+    assert main(["attention", weights, str(tiny), "--output", str(tmp_path / "o3"),
                  "--fraction", "1.5"]) == 2
     assert "fraction" in capsys.readouterr().err
 
@@ -88,7 +88,7 @@ def test_resnet_checkpoint_is_refused(tmp_path, capsys):
     path = tmp_path / "resnet.pth"
     torch.save(build_resnet50().state_dict(), path)
     image = _image(tmp_path / "photo.png")
-    assert main(["attention", str(image), "--weights", str(path), "--output", str(tmp_path / "out")]) == 2
+    assert main(["attention", str(path), str(image), "--output", str(tmp_path / "out")]) == 2
     assert "ViT checkpoint" in capsys.readouterr().err
 
 
@@ -100,7 +100,7 @@ def test_eval_masks_on_horses(tmp_path, weights, horses_dir, capsys):
         shutil.copy(horses_dir / "images" / name, images / name)
         shutil.copy(horses_dir / "masks" / name, masks / name)
     out = tmp_path / "out"
-    assert main(["eval", "masks", "--weights", weights, "--images", str(images), "--masks", str(masks),
+    assert main(["eval", "masks", weights, "--images", str(images), "--masks", str(masks),
                  "--output", str(out), "--short-side", "64", "--no-progress"]) == 0
     report = json.loads((out / "results.json").read_text())
     assert report["summary"]["images"] == 2 and report["settings"]["weights"] == weights
@@ -114,19 +114,19 @@ def test_eval_masks_refuses_a_misshaped_mask(tmp_path, weights, capsys):
     masks.mkdir()
     _image(images / "x.png", size=(64, 64))
     Image.new("L", (64, 32)).save(masks / "x.png")
-    assert main(["eval", "masks", "--weights", weights, "--images", str(images), "--masks", str(masks),
+    assert main(["eval", "masks", weights, "--images", str(images), "--masks", str(masks),
                  "--output", str(tmp_path / "out")]) == 2
     assert "aspect ratios differ" in capsys.readouterr().err
 
 
 def test_eval_video_on_davis(tmp_path, weights, davis_dir, capsys):
     out = tmp_path / "out"
-    assert main(["eval", "video", "--weights", weights, "--davis", str(davis_dir), "--sequences", "blackswan",
+    assert main(["eval", "video", weights, "--davis", str(davis_dir), "--sequences", "blackswan",
                  "--output", str(out), "--short-side", "64", "--max-frames", "3", "--no-progress"]) == 0
     assert sorted(p.name for p in (out / "blackswan").iterdir()) == ["00000.png", "00001.png", "00002.png"]
     report = json.loads((out / "results.json").read_text())
     assert set(report["overall"]) == {"J", "F", "J&F"} and report["settings"]["topk"] == 5
     assert "blackswan" in capsys.readouterr().out
-    assert main(["eval", "video", "--weights", weights, "--davis", str(davis_dir), "--sequences", "nope",
+    assert main(["eval", "video", weights, "--davis", str(davis_dir), "--sequences", "nope",
                  "--output", str(tmp_path / "out2")]) == 2
     assert "'nope'" in capsys.readouterr().err

@@ -7,17 +7,19 @@ from pathlib import Path
 
 
 def add_backbone_arguments(parser: argparse.ArgumentParser) -> None:
-    """--weights, --which, --device: the backbone to look through."""
-    parser.add_argument("--weights", required=True, metavar="FILE",
-                        help="training checkpoint or released/exported backbone weights (.pth, .safetensors)")
+    """WEIGHTS, --which, --device: the backbone to look through (as in ``dino eval knn``)."""
+    from dinossl.cli.eval_features import WEIGHTS_HELP
+
+    parser.add_argument("weights", metavar="WEIGHTS", help=WEIGHTS_HELP + "; a ViT")
     parser.add_argument("--which", choices=("teacher", "student"), default="teacher",
                         help="network of a training checkpoint (default: teacher)")
-    parser.add_argument("--device", default=None, help="torch device (default: cuda when available, else cpu)")
+    parser.add_argument("--device", default="auto", help="auto (GPU when present), cpu, cuda, cuda:N")
 
 
 def add_output_arguments(parser: argparse.ArgumentParser, default_help: str) -> None:
     parser.add_argument("--output", metavar="FOLDER", default=None, help=f"new or empty output folder ({default_help})")
-    parser.add_argument("--force", action="store_true", help="write into a non-empty output folder, overwriting")
+    parser.add_argument("--force", "--overwrite", dest="force", action="store_true",
+                        help="write into a non-empty output folder, overwriting files of the same names")
     parser.add_argument("--no-progress", action="store_true", help="no progress bar")
 
 
@@ -37,7 +39,9 @@ def load(args: argparse.Namespace):
 
     from dinossl.weights import load_backbone
 
-    device = args.device or ("cuda" if torch.cuda.is_available() else "cpu")
+    device = args.device
+    if device == "auto":
+        device = "cuda" if torch.cuda.is_available() else "cpu"
     return load_backbone(args.weights, which=args.which).to(device), device
 
 
@@ -49,8 +53,8 @@ def register(subparsers: argparse._SubParsersAction) -> None:
         "their mean, for an image, a folder of images, or (with --video, or a .gif/.mp4 file) a numbered "
         "frame folder rendered as an attention video.",
     )
-    parser.add_argument("input", metavar="INPUT", help="image file, image folder, frame folder or video file")
     add_backbone_arguments(parser)
+    parser.add_argument("input", metavar="INPUT", help="image file, image folder, frame folder or video file")
     add_output_arguments(parser, "default: attention-<input name>")
     add_size_arguments(parser)
     parser.add_argument("--fraction", type=float, default=0.6,
