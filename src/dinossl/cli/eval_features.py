@@ -5,11 +5,12 @@ from __future__ import annotations
 import argparse
 from pathlib import Path
 
-WEIGHTS_HELP = "training checkpoint (checkpoint.pth) or backbone file (.pth/.safetensors, released-weights layout)"
+WEIGHTS_HELP = ("training checkpoint (checkpoint.pth), backbone file (.pth/.safetensors, released-weights layout), "
+                "or a released-model name / URL (e.g. dino_vits16)")
 
 
 def _common(parser: argparse.ArgumentParser, default_batch: int, features_cache: bool) -> None:
-    parser.add_argument("weights", type=Path, help=WEIGHTS_HELP)
+    parser.add_argument("weights", help=WEIGHTS_HELP)
     parser.add_argument("--which", choices=("teacher", "student"), default="teacher",
                         help="network of a training checkpoint (default: teacher)")
     parser.add_argument("--data", type=Path, metavar="FOLDER",

@@ -166,7 +166,7 @@ def finetune_protocol(
 class EvalTarget:
     """What an evaluation command evaluates, on which data, and where the results go."""
 
-    weights: Path  # training checkpoint or backbone file (.pth / .safetensors)
+    weights: str | Path  # training checkpoint, backbone file (.pth / .safetensors), or what load_backbone accepts
     which: str = "teacher"  # network of a training checkpoint: teacher or student
     data: Optional[Path] = None  # folder with train/ and val/ (or test/)
     train: Optional[Path] = None
@@ -177,11 +177,24 @@ class EvalTarget:
     features_dir: Optional[Path] = None  # cache of extracted features
     dist_timeout_s: int = 1800
 
+    @property
+    def local_weights(self) -> Optional[Path]:
+        """The weights as a local file, None for a released name or URL."""
+        path = Path(self.weights)
+        return path if path.is_file() else None
+
+    def weights_identity(self) -> dict[str, Any]:
+        """What identifies the weights for the feature cache and the results file."""
+        local = self.local_weights
+        source = file_identity(local) if local is not None else {"source": str(self.weights)}
+        return {**source, "which": self.which}
+
     def results_path(self, evaluation: str) -> Path:
         if self.output is not None:
             return Path(self.output)
         suffix = "_student" if self.which == "student" else ""
-        return Path(self.weights).parent / f"eval_{evaluation}{suffix}.json"
+        folder = self.local_weights.parent if self.local_weights is not None else Path(".")
+        return folder / f"eval_{evaluation}{suffix}.json"
 
 
 Body = Callable[[nn.Module, LabelledSplits, DistContext, Optional[FeatureCache]], tuple[str, dict, dict]]
@@ -204,12 +217,13 @@ def _run(target: EvalTarget, evaluation: str, images: ImageSettings, body: Body)
         backbone.to(ctx.device)
         cache = None
         if target.features_dir is not None:
-            cache = FeatureCache(Path(target.features_dir), {**file_identity(target.weights), "which": target.which})
+            cache = FeatureCache(Path(target.features_dir), target.weights_identity())
         start = time.perf_counter()
         protocol, settings, results = body(backbone, splits, ctx, cache)
         record = {
             "evaluation": evaluation, "protocol": protocol,
-            "weights": {"path": str(Path(target.weights).resolve()), "which": target.which},
+            "weights": {"path": str(target.local_weights.resolve()) if target.local_weights else str(target.weights),
+                        "which": target.which},
             "backbone": describe_backbone(backbone), "data": splits.describe(), "settings": settings,
             "results": results, "processes": ctx.world_size, "device": str(ctx.device),
             "wall_s": round(time.perf_counter() - start, 1),
