@@ -28,7 +28,7 @@ from dinossl.eval.davis import DavisLayout, object_ids, read_annotation, score_s
 from dinossl.eval.frames import list_frames
 from dinossl.eval.masks import evaluate_masks, pair_images_with_masks
 from dinossl.eval.masks_figure import write_mask_report
-from dinossl.eval.output_folder import fresh_output_folder
+from dinossl.eval.output_folder import usable_output_folder
 from dinossl.eval.video import PropagationSettings, evaluate_davis
 from dinossl.models import VIT_SIZES, ViTBackbone, build_vit
 from dinossl.weights import load_backbone
@@ -139,7 +139,7 @@ def main() -> None:
     if args.shared_data is None and (args.horses is None or args.davis is None):
         parser.error("give --shared-data, or both --horses and --davis")
 
-    output = fresh_output_folder(args.output, args.force)
+    output = usable_output_folder(args.output, args.force)
     trained = load_backbone(args.weights)
     models = {"checkpoint": trained, "random_init": random_like(trained, args.seed)}
     with tempfile.TemporaryDirectory() as scratch:
@@ -156,6 +156,7 @@ def main() -> None:
         "results": results,
         "davis_first_mask_copied": baseline,
     }
+    output.mkdir(parents=True, exist_ok=True)
     (output / "attention_figures.json").write_text(json.dumps(summary, indent=2) + "\n")
     title = (f"{Path(args.weights).name} vs. random init (ViT d={trained.embed_dim}, depth {len(trained.blocks)}, "
              f"patch {trained.patch_size}), short side {args.short_side}")

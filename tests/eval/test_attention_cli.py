@@ -69,6 +69,7 @@ def test_attention_bad_input(tmp_path, weights, capsys):
     tiny = _image(tmp_path / "tiny.png", size=(5, 40))
     assert main(["attention", weights, str(tiny), "--output", str(tmp_path / "o1")]) == 2
     assert "smaller than one 8x8 patch" in capsys.readouterr().err
+    assert not (tmp_path / "o1").exists()  # refused before writing anything
     frames = tmp_path / "frames"
     frames.mkdir()
     _image(frames / "0.png")

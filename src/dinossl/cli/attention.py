@@ -69,9 +69,9 @@ def register(subparsers: argparse._SubParsersAction) -> None:
 
 def run(args: argparse.Namespace) -> int:
     from dinossl.eval.attention_report import run_attention
-    from dinossl.eval.output_folder import fresh_output_folder
+    from dinossl.eval.output_folder import usable_output_folder
 
-    output = fresh_output_folder(args.output or f"attention-{Path(args.input).stem}", args.force)
+    output = usable_output_folder(args.output or f"attention-{Path(args.input).stem}", args.force)
     backbone, device = load(args)
     written = run_attention(
         backbone, args.input, output, video=args.video, short_side=short_side(args), fraction=args.fraction,

@@ -55,10 +55,10 @@ def run_masks(args: argparse.Namespace) -> int:
 
     from dinossl.eval.masks import evaluate_masks, pair_images_with_masks
     from dinossl.eval.masks_figure import write_mask_report
-    from dinossl.eval.output_folder import fresh_output_folder
+    from dinossl.eval.output_folder import usable_output_folder
 
     pairs = pair_images_with_masks(args.images, args.masks)
-    output = fresh_output_folder(args.output or "eval-masks", args.force)
+    output = usable_output_folder(args.output or "eval-masks", args.force)
     backbone, device = load(args)
     report, examples = evaluate_masks(
         backbone, pairs, short_side=short_side(args), fraction=args.fraction, threshold=args.mask_threshold,
@@ -74,12 +74,12 @@ def run_masks(args: argparse.Namespace) -> int:
 
 
 def run_video(args: argparse.Namespace) -> int:
-    from dinossl.eval.output_folder import fresh_output_folder
+    from dinossl.eval.output_folder import usable_output_folder
     from dinossl.eval.video import PropagationSettings, evaluate_davis
 
     settings = PropagationSettings(short_side=args.short_side, radius=None if args.radius < 0 else args.radius,
                                    topk=args.topk, context=args.context, temperature=args.temperature)
-    output = fresh_output_folder(args.output or "eval-video", args.force)
+    output = usable_output_folder(args.output or "eval-video", args.force)
     backbone, device = load(args)
     report = evaluate_davis(backbone, args.davis, output, args.sequences, args.resolution, settings, device,
                             progress=not args.no_progress, max_frames=args.max_frames)

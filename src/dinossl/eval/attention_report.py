@@ -104,7 +104,6 @@ def attention_video(backbone: nn.Module, frames: Sequence[Image.Image | Path], o
     if not frames:
         raise DataError("no frames")
     frame_names = list(frame_names or [f"{i:05d}" for i in range(len(frames))])
-    (output / "frames").mkdir(parents=True, exist_ok=True)
     pictures = []
     for name, frame in tqdm(list(zip(frame_names, frames)), desc="attention video", unit="frame",
                             disable=not progress):
@@ -112,6 +111,7 @@ def attention_video(backbone: nn.Module, frames: Sequence[Image.Image | Path], o
             frame = open_image(frame)
         result = attend(backbone, frame, short_side, fraction, device, name=name)
         picture = video_frame(result, head)
+        (output / "frames").mkdir(parents=True, exist_ok=True)
         picture.save(output / "frames" / f"{name}.png")
         pictures.append(picture)
     return write_video(pictures, output / video_name, fps=fps)
