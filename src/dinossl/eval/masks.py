@@ -2,10 +2,10 @@
 
 For each image, every head's 60%-mass mask (patch level, nearest-upsampled to the model
 input) is compared with the ground-truth foreground (resized and cropped like the image,
-thresholded; a mask stored at another scale than its image, with the same aspect ratio,
-is rescaled, while a mask of another aspect ratio is refused): Jaccard index per head, the best head and the mean over heads; the set's
-figures are the averages over images. The mask of the head-averaged map and the best fixed
-head over the set are reported too.
+thresholded; a mask stored at another scale than its image but with the same aspect ratio is
+rescaled, one of another aspect ratio is refused): Jaccard index per head, the best head and
+the mean over heads; the set's figures are the averages over images. The mask of the
+head-averaged map and the best fixed head over the set are reported too.
 """
 
 from __future__ import annotations
@@ -26,19 +26,14 @@ from dinossl.eval.attention import DEFAULT_FRACTION, check_fraction, upsample
 from dinossl.eval.attention_report import ImageAttention, attend
 from dinossl.eval.frames import image_files
 from dinossl.eval.image_input import Geometry, open_image, plan_geometry
+from dinossl.eval.vos_metrics import region_similarity
 
 log = logging.getLogger("dinossl")
 
 MASK_THRESHOLD = 127
 
 
-def jaccard(pred: np.ndarray | torch.Tensor, truth: np.ndarray | torch.Tensor) -> float:
-    """|pred ∩ truth| / |pred ∪ truth| of boolean masks of one shape; 1 when both are empty."""
-    pred, truth = np.asarray(pred, bool), np.asarray(truth, bool)
-    if pred.shape != truth.shape:
-        raise ValueError(f"masks differ in shape: {pred.shape} vs {truth.shape}")
-    union = np.count_nonzero(pred | truth)
-    return 1.0 if union == 0 else np.count_nonzero(pred & truth) / union
+jaccard = region_similarity  # the Jaccard index of two (H, W) boolean masks is DAVIS's J
 
 
 def pair_images_with_masks(images: str | Path, masks: str | Path) -> list[tuple[Path, Path]]:
