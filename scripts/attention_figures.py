@@ -124,7 +124,8 @@ def markdown(results: dict, baseline: dict) -> str:
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--weights", required=True, help="checkpoint or backbone weights of a ViT")
-    parser.add_argument("--shared-data", type=Path, help="folder with weizmann-horses-100.tar.gz and davis2016-3seq.tar.gz")
+    parser.add_argument("--shared-data", type=Path,
+                        help="folder with weizmann-horses-100.tar.gz and davis2016-3seq.tar.gz")
     parser.add_argument("--horses", type=Path, help="extracted weizmann-horses folder (images/, masks/)")
     parser.add_argument("--davis", type=Path, help="extracted davis2016 folder (JPEGImages/, Annotations/)")
     parser.add_argument("--output", type=Path, default=Path("attention-figures"))
@@ -143,13 +144,15 @@ def main() -> None:
     trained = load_backbone(args.weights)
     models = {"checkpoint": trained, "random_init": random_like(trained, args.seed)}
     with tempfile.TemporaryDirectory() as scratch:
-        horses = args.horses or extract(args.shared_data / "weizmann-horses-100.tar.gz", Path(scratch)) / "weizmann-horses"
-        davis = args.davis or extract(args.shared_data / "davis2016-3seq.tar.gz", Path(scratch)) / "davis2016"
+        scratch = Path(scratch)
+        horses = args.horses or extract(args.shared_data / "weizmann-horses-100.tar.gz", scratch) / "weizmann-horses"
+        davis = args.davis or extract(args.shared_data / "davis2016-3seq.tar.gz", scratch) / "davis2016"
         results = {label: evaluate(label, model, horses, davis, output, args) for label, model in models.items()}
         baseline = copy_first_mask(davis, args.sequences, args.max_frames)
     summary = {
         "weights": str(args.weights),
-        "architecture": {"embed_dim": trained.embed_dim, "depth": len(trained.blocks), "patch_size": trained.patch_size},
+        "architecture": {"embed_dim": trained.embed_dim, "depth": len(trained.blocks),
+                         "patch_size": trained.patch_size},
         "settings": {"short_side": args.short_side, "mass_fraction": 0.6, "max_images": args.max_images,
                      "max_frames": args.max_frames, "sequences": args.sequences, "seed": args.seed,
                      "device": str(args.device)},

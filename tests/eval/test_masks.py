@@ -62,8 +62,8 @@ def test_ground_truth_is_resized_and_cropped_like_the_image(tmp_path, brightness
     # with it and still matches the attention (fraction 1) almost exactly.
     image, mask = _bright_square(20, 30, 4, 8, 12)
     _pair(tmp_path, "b", image, mask)
-    report, _ = evaluate_masks(brightness_backbone(heads=1), pair_images_with_masks(tmp_path / "images", tmp_path / "masks"),
-                               short_side=40, fraction=1.0, progress=False)
+    pairs = pair_images_with_masks(tmp_path / "images", tmp_path / "masks")
+    report, _ = evaluate_masks(brightness_backbone(heads=1), pairs, short_side=40, fraction=1.0, progress=False)
     assert report["images"][0]["best"] > 0.75
 
 

@@ -42,11 +42,13 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     video.add_argument("--resolution", default="480p", help="DAVIS resolution folder (default 480p)")
     add_output_arguments(video, "default: eval-video")
     video.add_argument("--short-side", type=int, default=480, metavar="PX", help="frame short side (default 480)")
-    video.add_argument("--radius", type=int, default=12, help="neighbourhood half-size in patches; -1: none (default 12)")
+    video.add_argument("--radius", type=int, default=12,
+                       help="neighbourhood half-size in patches; -1: none (default 12)")
     video.add_argument("--topk", type=int, default=5, help="source patches per target patch (default 5)")
     video.add_argument("--context", type=int, default=7, help="previous frames used besides the first (default 7)")
     video.add_argument("--temperature", type=float, default=0.1, help="affinity exp(cos/T) (default 0.1)")
-    video.add_argument("--max-frames", type=int, default=None, help="only each sequence's first N frames (quick checks)")
+    video.add_argument("--max-frames", type=int, default=None,
+                       help="only each sequence's first N frames (quick checks)")
     video.set_defaults(func=run_video)
 
 

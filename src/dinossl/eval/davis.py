@@ -104,12 +104,13 @@ class DavisLayout:
         notes_root = self.root / "Annotations" / self.resolution
         for folder in (frames_root, notes_root):
             if not folder.is_dir():
-                raise DataError(f"{folder} does not exist: expected the DAVIS layout "
-                                f"<root>/JPEGImages/{self.resolution}/<seq> and <root>/Annotations/{self.resolution}/<seq>")
+                raise DataError(f"{folder} does not exist: expected the DAVIS layout <root>/JPEGImages/"
+                                f"{self.resolution}/<seq> and <root>/Annotations/{self.resolution}/<seq>")
         if names:
             for name in names:
                 if not self.frames_dir(name).is_dir() or not self.annotations_dir(name).is_dir():
-                    raise DataError(f"sequence {name!r} needs both {self.frames_dir(name)} and {self.annotations_dir(name)}")
+                    raise DataError(f"sequence {name!r} needs both {self.frames_dir(name)} "
+                                    f"and {self.annotations_dir(name)}")
             return list(names)
         found = sorted(p.name for p in frames_root.iterdir() if p.is_dir() and (notes_root / p.name).is_dir())
         if not found:

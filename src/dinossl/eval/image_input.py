@@ -36,7 +36,9 @@ def open_image(path: str | Path) -> Image.Image:
     try:
         with Image.open(path) as image:
             image.load()
-            return image.copy() if image.mode != "P" else image.convert("RGBA" if "transparency" in image.info else "RGB")
+            if image.mode == "P":  # palette: resolve now, keeping any transparency as alpha
+                return image.convert("RGBA" if "transparency" in image.info else "RGB")
+            return image.copy()
     except (UnidentifiedImageError, OSError, ValueError, SyntaxError) as exc:
         raise DataError(f"{path}: not a readable image ({exc})") from exc
 

@@ -31,11 +31,14 @@ def _far_bias(top: int, height: int, window_h: int, left: int, width: int, windo
               dtype: torch.dtype, device: torch.device) -> torch.Tensor:
     """(height * width, 1, window_h * window_w) additive bias: 0 where a source lies within
     ``radius`` of the target (tile offsets ``top``/``left`` inside its window), -inf elsewhere."""
-    near_y = (torch.arange(height, device=device)[:, None] + top - torch.arange(window_h, device=device)).abs() <= radius
-    near_x = (torch.arange(width, device=device)[:, None] + left - torch.arange(window_w, device=device)).abs() <= radius
-    near = (near_y[:, None, :, None] & near_x[None, :, None, :]).reshape(height * width, 1, -1)
-    far = torch.zeros(near.shape, dtype=dtype, device=device)
-    return far.masked_fill_(~near, float("-inf"))
+    def near(size: int, offset: int, window: int) -> torch.Tensor:  # (size, window) bool
+        targets = torch.arange(size, device=device)[:, None] + offset
+        return (targets - torch.arange(window, device=device)).abs() <= radius
+
+    near_y, near_x = near(height, top, window_h), near(width, left, window_w)
+    inside = (near_y[:, None, :, None] & near_x[None, :, None, :]).reshape(height * width, 1, -1)
+    far = torch.zeros(inside.shape, dtype=dtype, device=device)
+    return far.masked_fill_(~inside, float("-inf"))
 
 
 @torch.no_grad()
