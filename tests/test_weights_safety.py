@@ -123,3 +123,24 @@ def test_torch_weights_only_refuses_the_namespace_file(tmp_path, backbone_state)
     torch.save({"teacher": backbone_state, "args": argparse.Namespace(arch="vit_tiny")}, tmp_path / "full.pth")
     with pytest.raises(Exception, match="argparse.Namespace"):
         torch.load(tmp_path / "full.pth", weights_only=True)
+
+
+def test_training_checkpoints_are_read_by_the_same_safe_reader(tmp_path, backbone_state, spies):
+    """read_checkpoint (the trainer's resume) shares the refusal and the inert Namespace."""
+    from dinossl.train.checkpoint import read_checkpoint
+
+    torch.save({"teacher": backbone_state, "args": argparse.Namespace(arch="vit_tiny"), "epoch": 3},
+               tmp_path / "reference.pth")
+    checkpoint = read_checkpoint(tmp_path / "reference.pth")
+    assert type(checkpoint) is dict and checkpoint["epoch"] == 3
+    assert isinstance(checkpoint["args"], ForeignObject) and checkpoint["args"].fields() == {"arch": "vit_tiny"}
+
+    marker = tmp_path / "code-ran"
+    torch.save({"teacher": backbone_state, "args": RunsShell(marker)}, tmp_path / "crafted.pth")
+    calls = spies()
+    with pytest.raises(CheckpointError) as from_checkpoint:
+        read_checkpoint(tmp_path / "crafted.pth")
+    with pytest.raises(CheckpointError) as from_weights:
+        read_weights_file(tmp_path / "crafted.pth")
+    assert str(from_checkpoint.value) == str(from_weights.value) and "refused to unpickle" in str(from_weights.value)
+    assert not marker.exists() and calls == []

@@ -25,6 +25,7 @@ import torch
 from torch import nn
 
 from dinossl.errors import CheckpointError
+from dinossl.safe_files import write_atomic
 from dinossl.weights import BackboneSpec, load_backbone
 
 RELEASE_ROOT = "https://dl.fbaipublicfiles.com/dino"
@@ -71,8 +72,6 @@ def cache_path(url: str, cache_dir: Optional[str | Path] = None) -> Path:
 
 def download(url: str, destination: Path, timeout_s: float = DOWNLOAD_TIMEOUT_S) -> Path:
     """Fetch ``url`` into ``destination`` atomically (a partial download never stays)."""
-    from dinossl.train.checkpoint import write_atomic  # dinossl.train imports the trainer: only when writing
-
     def fetch(tmp: str) -> None:
         with urllib.request.urlopen(url, timeout=timeout_s) as response, open(tmp, "wb") as out:
             shutil.copyfileobj(response, out, length=1 << 20)

@@ -1,4 +1,4 @@
-"""Training checkpoints: atomic writes, safe reads, and the released-weights export.
+"""Training checkpoints: saved atomically, read safely, and the released-weights export.
 
 A checkpoint is a dict in the reference layout: ``student`` and ``teacher`` state dicts
 (``backbone.*`` / ``head.*``), ``optimizer``, ``epoch`` (epochs completed), ``dino_loss``
@@ -8,33 +8,21 @@ reference's pickled argparse Namespace), ``step`` and ``world_size``.
 
 from __future__ import annotations
 
-import os
-import pickle
-import tempfile
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any
 
 import torch
 from safetensors.torch import save_file
 
 from dinossl.errors import CheckpointError
+from dinossl.safe_files import read_weights_file, write_atomic
+
+__all__ = [
+    "CHECKPOINT_NAME", "backbone_state_dict", "export_backbone", "read_checkpoint", "save_checkpoint",
+    "write_atomic",  # lives in dinossl.safe_files; still importable from here
+]
 
 CHECKPOINT_NAME = "checkpoint.pth"
-
-
-def write_atomic(path: str | Path, write: Callable[[str], None]) -> None:
-    """Call ``write(tmp_path)`` then rename onto ``path``: readers never see a partial file."""
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    handle, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
-    os.close(handle)
-    try:
-        write(tmp)
-        os.replace(tmp, path)
-    except BaseException:
-        if os.path.exists(tmp):
-            os.unlink(tmp)
-        raise
 
 
 def save_checkpoint(state: dict[str, Any], path: str | Path) -> None:
@@ -43,24 +31,16 @@ def save_checkpoint(state: dict[str, Any], path: str | Path) -> None:
 
 
 def read_checkpoint(path: str | Path) -> dict[str, Any]:
-    """Load a checkpoint with ``weights_only=True``: tensors and plain data, never code.
+    """Load a checkpoint as tensors and plain data, never code (:func:`dinossl.safe_files.read_weights_file`).
 
     A file that would need arbitrary unpickling (a crafted file, or an object the safe
-    loader does not know) is refused with a CheckpointError.
+    loader does not know) is refused with a CheckpointError. The reference's pickled ``args``
+    is read as an inert :class:`~dinossl.safe_files.ForeignObject`.
     """
     path = Path(path)
     if not path.is_file():
         raise CheckpointError(f"checkpoint {path} does not exist")
-    try:
-        return torch.load(path, map_location="cpu", weights_only=True)
-    except pickle.UnpicklingError as exc:
-        first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
-        raise CheckpointError(
-            f"{path}: refused to unpickle, the file holds objects other than tensors and plain data "
-            f"(loading it could run code): {first}"
-        ) from exc
-    except (RuntimeError, EOFError, OSError, ValueError) as exc:
-        raise CheckpointError(f"{path}: not a readable PyTorch checkpoint ({str(exc).splitlines()[0]})") from exc
+    return read_weights_file(path)
 
 
 def backbone_state_dict(network_state: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
