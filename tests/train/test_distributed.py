@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import json
 import os
+import shutil
 import socket
 import subprocess
 import sys
@@ -71,54 +72,75 @@ def _records(out):
     return [json.loads(line) for line in (out / "log.jsonl").read_text().splitlines()]
 
 
-def test_two_processes_equal_one_process_with_the_global_batch(tmp_path, tiny_image_folder):
-    extra = ["train.epochs=2", "loss.warmup_teacher_temp_epochs=1"]
-    single = tmp_path / "single"
-    _train_here(tiny_image_folder, single, BATCH, *extra)
-
-    double = tmp_path / "double"
-    results = launch("ok", 2, _args(tiny_image_folder, double, BATCH // 2, *extra, "--epochs", "2"))
-    assert all(code == 0 for code, _ in results), results
-
-    a, b = read_checkpoint(single / "checkpoint.pth"), read_checkpoint(double / "checkpoint.pth")
+def _assert_close_states(a, b):
     torch.testing.assert_close(a["dino_loss"]["center"], b["dino_loss"]["center"], rtol=1e-4, atol=1e-5)
     for key in a["teacher"]:
         torch.testing.assert_close(a["teacher"][key], b["teacher"][key], rtol=1e-4, atol=1e-5, msg=key)
-    losses_a = [r["loss"] for r in _records(single) if r["kind"] == "step"]
-    losses_b = [r["loss"] for r in _records(double) if r["kind"] == "step"]
-    assert len(losses_a) == len(losses_b) == 8  # one log, not one per rank
-    torch.testing.assert_close(torch.tensor(losses_b), torch.tensor(losses_a), rtol=1e-4, atol=1e-5)
-    assert b["world_size"] == 2 and b["global_batch"] == BATCH
-    # exactly one set of outputs
-    names = sorted(p.name for p in double.iterdir())
-    assert names == ["checkpoint.pth", "config.yaml", "log.jsonl", "teacher_backbone.pth",
-                     "teacher_backbone.safetensors", "tensorboard"]
+    assert a["epoch"] == b["epoch"]
 
 
-def test_resume_with_another_world_size(tmp_path, tiny_image_folder):
-    """1 process for epoch 1, then 2 processes with half the batch: same global batch, so the
-    run ends where an uninterrupted single-process run ends. Then a different global batch
-    resumes too, with a logged warning about the rescaled lr."""
-    extra = ["train.epochs=2"]
+def _losses(out):
+    return torch.tensor([r["loss"] for r in _records(out) if r["kind"] == "step"])
+
+
+def test_two_processes_match_one_process_write_once_and_resume(tmp_path, tiny_image_folder):
+    """2 processes x B/2 = 1 process x B: same losses, center and teacher, epoch after epoch;
+    one set of outputs; a 2-process run resumes its own checkpoint, and a 1-process run resumes a
+    2-process checkpoint (same global batch) to the same end."""
+    extra = ["train.epochs=2", "loss.warmup_teacher_temp_epochs=1"]
     reference = tmp_path / "reference"
+    _train_here(tiny_image_folder, reference, BATCH, *extra, stop_after_epochs=1)
+    reference_epoch1 = read_checkpoint(reference / "checkpoint.pth")
     _train_here(tiny_image_folder, reference, BATCH, *extra)
+    reference_epoch2 = read_checkpoint(reference / "checkpoint.pth")
 
-    out = tmp_path / "mixed"
-    _train_here(tiny_image_folder, out, BATCH, *extra, stop_after_epochs=1)
-    results = launch("ok", 2, _args(tiny_image_folder, out, BATCH // 2, *extra))
+    double = tmp_path / "double"
+    results = launch("ok", 2, _args(tiny_image_folder, double, BATCH // 2, *extra) + ["--stop-after-epochs", "1"])
     assert all(code == 0 for code, _ in results), results
-    a, b = read_checkpoint(reference / "checkpoint.pth"), read_checkpoint(out / "checkpoint.pth")
-    for key in a["teacher"]:
-        torch.testing.assert_close(a["teacher"][key], b["teacher"][key], rtol=1e-4, atol=1e-5, msg=key)
-    assert not any(r["kind"] == "warning" for r in _records(out))
+    after_epoch1 = read_checkpoint(double / "checkpoint.pth")
+    _assert_close_states(reference_epoch1, after_epoch1)
+    assert after_epoch1["world_size"] == 2 and after_epoch1["global_batch"] == BATCH
+    assert sorted(p.name for p in double.iterdir()) == ["checkpoint.pth", "config.yaml", "log.jsonl", "tensorboard"]
+    mixed = tmp_path / "mixed"
+    shutil.copytree(double, mixed)
 
-    bigger = tmp_path / "bigger"
-    _train_here(tiny_image_folder, bigger, BATCH // 2, *extra, stop_after_epochs=1)
-    results = launch("ok", 2, _args(tiny_image_folder, bigger, BATCH // 2, *extra))
+    results = launch("ok", 2, _args(tiny_image_folder, double, BATCH // 2, *extra))
     assert all(code == 0 for code, _ in results), results
-    warnings = [r["message"] for r in _records(bigger) if r["kind"] == "warning"]
+    _assert_close_states(reference_epoch2, read_checkpoint(double / "checkpoint.pth"))
+    torch.testing.assert_close(_losses(double), _losses(reference), rtol=1e-4, atol=1e-5)
+    assert len(_losses(double)) == 8  # one log line per step, not one per rank
+    assert sorted(p.name for p in double.iterdir()) == ["checkpoint.pth", "config.yaml", "log.jsonl",
+                                                       "teacher_backbone.pth", "teacher_backbone.safetensors",
+                                                       "tensorboard"]
+    assert len(list((double / "tensorboard").iterdir())) == 2  # one event file per invocation of rank 0
+
+    _train_here(tiny_image_folder, mixed, BATCH, *extra)  # world size 2 -> 1, same global batch
+    _assert_close_states(reference_epoch2, read_checkpoint(mixed / "checkpoint.pth"))
+    assert not any(r["kind"] == "warning" for r in _records(mixed))
+
+
+def test_resume_with_another_global_batch_warns_and_rescales(tmp_path, tiny_image_folder):
+    out = tmp_path / "run"
+    _train_here(tiny_image_folder, out, BATCH // 2, "train.epochs=2", stop_after_epochs=1)
+    _train_here(tiny_image_folder, out, BATCH, "train.epochs=2")
+    warnings = [r["message"] for r in _records(out) if r["kind"] == "warning"]
     assert len(warnings) == 1 and "global batch 16" in warnings[0] and "instead of 8" in warnings[0]
-    assert read_checkpoint(bigger / "checkpoint.pth")["epoch"] == 2
+    steps = [r for r in _records(out) if r["kind"] == "step"]
+    assert [r["epoch"] for r in steps] == [1] * 8 + [2] * 4  # 64 images: 8 steps of 8, then 4 of 16
+    base_lr = load_config("vit-tiny-cifar").optim.base_lr
+    assert max(r["lr"] for r in steps if r["epoch"] == 2) <= base_lr * BATCH / 256 + 1e-12
+    assert read_checkpoint(out / "checkpoint.pth")["global_batch"] == BATCH
+
+
+def test_batchnorm_is_synchronised_on_gpus_only(monkeypatch):
+    from torch import nn
+
+    from dinossl.train.distributed import synchronize_batchnorm
+
+    model = nn.Sequential(nn.Linear(2, 2), nn.BatchNorm1d(2))
+    assert synchronize_batchnorm(model, torch.device("cpu")) is model  # gloo: SyncBatchNorm needs CUDA
+    converted = synchronize_batchnorm(nn.Sequential(nn.Linear(2, 2), nn.BatchNorm1d(2)), torch.device("cuda", 0))
+    assert isinstance(converted[1], nn.SyncBatchNorm)
 
 
 def test_nan_on_one_rank_stops_all_with_one_message(tmp_path, tiny_image_folder):

@@ -5,6 +5,7 @@ from __future__ import annotations
 import argparse
 
 from dinossl.config import DEFAULT_PRESET, PRESETS, load_config
+from dinossl.errors import ConfigError
 
 
 def register(subparsers: argparse._SubParsersAction) -> None:
@@ -22,6 +23,8 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     parser.add_argument("--output", metavar="FOLDER", default=None, help="run folder (default: dino-<preset>)")
     parser.add_argument("--epochs", type=int, help="shortcut for train.epochs")
     parser.add_argument("--init-from", metavar="WEIGHTS", help="initialise the student backbone from released weights")
+    parser.add_argument("--stop-after-epochs", type=int, metavar="N",
+                        help="end this invocation after N more epochs (resumable; e.g. for time-limited jobs)")
     parser.set_defaults(func=run)
 
 
@@ -36,9 +39,13 @@ def run(args: argparse.Namespace) -> int:
     preset = args.preset if (args.preset or args.config) else DEFAULT_PRESET
     config = load_config(preset=preset, yaml_path=args.config, overrides=args.overrides, updates=updates)
     output = args.output or f"dino-{preset or 'run'}"
-    result = train(config, output, init_from=args.init_from)
+    if args.stop_after_epochs is not None and args.stop_after_epochs < 1:
+        raise ConfigError(f"--stop-after-epochs: must be >= 1, got {args.stop_after_epochs}")
+    result = train(config, output, init_from=args.init_from, stop_after_epochs=args.stop_after_epochs)
     if result.knn is not None:
         print(f"k-NN top-1 (k=20, T=0.07) on the held-out sample: trained teacher {result.knn['trained']:.1f}% "
               f"vs. random init {result.knn['random_init']:.1f}%")
+    if result.epochs_done < config.train.epochs:
+        print(f"stopped after epoch {result.epochs_done} of {config.train.epochs}; run the same command to resume")
     print(f"run folder: {result.output_dir}")
     return 0

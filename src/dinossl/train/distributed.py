@@ -102,3 +102,14 @@ def all_reduce(tensor: torch.Tensor, op: str = "sum") -> torch.Tensor:
 def barrier() -> None:
     if dist.is_available() and dist.is_initialized() and dist.get_world_size() > 1:
         dist.barrier()
+
+
+def synchronize_batchnorm(module: torch.nn.Module, device: torch.device) -> torch.nn.Module:
+    """BatchNorm -> SyncBatchNorm on CUDA devices (batch statistics over all processes).
+
+    SyncBatchNorm has no CPU implementation, so on CPUs (gloo) the module is returned as is
+    and each process normalises with its own batch statistics.
+    """
+    if device.type != "cuda":
+        return module
+    return torch.nn.SyncBatchNorm.convert_sync_batchnorm(module)

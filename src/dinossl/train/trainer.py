@@ -34,6 +34,7 @@ from dinossl.train.distributed import (
     barrier,
     init_distributed,
     shutdown_distributed,
+    synchronize_batchnorm,
 )
 from dinossl.train.optim import (
     build_optimizer,
@@ -155,6 +156,10 @@ def _check_output_dir(output_dir: Path, config: Config) -> Optional[dict[str, An
     return checkpoint
 
 
+def has_batchnorm(model: nn.Module) -> bool:
+    return any(isinstance(m, nn.modules.batchnorm._BatchNorm) for m in model.modules())
+
+
 def build_run(config: Config, output_dir: str | Path, init_from: Optional[str] = None) -> Run:
     """Data, networks, loss, optimiser, schedules; resumes from ``output_dir`` when it holds
     a checkpoint of the same configuration."""
@@ -180,14 +185,18 @@ def build_run(config: Config, output_dir: str | Path, init_from: Optional[str] =
     torch.manual_seed(tcfg.seed)  # identical initial weights on every rank
     student = build_network(config.model, student=True)
     teacher = build_network(config.model, student=False)
+    if init_from is not None and checkpoint is not None and ctx.is_main:
+        log.warning("--init-from %s ignored: %s holds a checkpoint, which is resumed", init_from, output_dir)
     if init_from is not None and checkpoint is None:
         from dinossl.weights import load_backbone_into
 
         load_backbone_into(student.backbone, init_from)
         log.info("student backbone initialised from %s (fresh head)", init_from)
-    if ctx.distributed and config.model.arch == "resnet50":
-        student = nn.SyncBatchNorm.convert_sync_batchnorm(student)
-        teacher = nn.SyncBatchNorm.convert_sync_batchnorm(teacher)
+    if ctx.distributed and has_batchnorm(student):  # ResNet, or a head with BatchNorm
+        student = synchronize_batchnorm(student, ctx.device)
+        teacher = synchronize_batchnorm(teacher, ctx.device)
+        if ctx.device.type != "cuda" and ctx.is_main:
+            log.warning("BatchNorm statistics stay per process: SyncBatchNorm needs CUDA devices")
     init_teacher(teacher, student)
     student.to(ctx.device)
     teacher.to(ctx.device)
