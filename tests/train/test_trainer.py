@@ -130,3 +130,17 @@ def test_too_few_images_for_a_batch(tmp_path, tiny_image_folder):
     with pytest.raises(DataError):
         train(tiny_config(tiny_image_folder, "train.batch_size_per_process=100"), tmp_path / "run")
     assert not (tmp_path / "run").exists()
+
+
+def test_teacher_keeps_its_own_batchnorm_statistics(tmp_path, tiny_image_folder):
+    """The teacher runs in training mode: its BN layers use batch statistics and update their own
+    running averages from its own forward passes; the EMA never copies the student's buffers."""
+    out = tmp_path / "bn"
+    train(tiny_config(tiny_image_folder, "model.use_bn_in_head=true"), out)
+    state = _state(out)
+    for name in ("head.mlp.1.running_mean", "head.mlp.4.running_var"):
+        teacher, student = state["teacher"][name], state["student"][name]
+        initial = torch.zeros_like(teacher) if "mean" in name else torch.ones_like(teacher)
+        assert not torch.allclose(teacher, initial)  # updated by the teacher's own forwards
+        assert not torch.allclose(teacher, student)  # not copied from the student
+    assert state["teacher"]["head.mlp.1.num_batches_tracked"] == 4  # one teacher forward per step
