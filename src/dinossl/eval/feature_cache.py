@@ -19,7 +19,7 @@ from typing import Any, Callable, Optional
 import torch
 
 from dinossl.errors import DataError
-from dinossl.train.checkpoint import write_atomic
+from dinossl.safe_files import write_atomic
 from dinossl.train.distributed import DistContext, all_reduce, barrier
 
 log = logging.getLogger("dinossl")

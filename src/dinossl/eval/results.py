@@ -9,7 +9,7 @@ from pathlib import Path
 from typing import Any, Sequence
 
 from dinossl.errors import DinoError
-from dinossl.train.checkpoint import write_atomic
+from dinossl.safe_files import write_atomic
 
 
 def check_output(path: str | Path, overwrite: bool = False) -> Path:

@@ -1,5 +1,21 @@
-"""Training: the loop, teacher EMA, optimiser, checkpoints, distributed setup, run log."""
+"""Training: the loop, teacher EMA, optimiser, checkpoints, distributed setup, run log.
 
-from dinossl.train.trainer import NonFiniteLoss, TrainResult, build_run, train, train_one_epoch
+``train``, ``build_run``, ``train_one_epoch``, ``TrainResult`` and ``NonFiniteLoss`` come from
+:mod:`dinossl.train.trainer`, imported on first use so that the small modules of this package
+(checkpoint, distributed) stay cheap to import.
+"""
 
-__all__ = ["NonFiniteLoss", "TrainResult", "build_run", "train", "train_one_epoch"]
+from __future__ import annotations
+
+from typing import Any
+
+_TRAINER_NAMES = ("NonFiniteLoss", "TrainResult", "build_run", "train", "train_one_epoch", "training_step")
+__all__ = list(_TRAINER_NAMES)
+
+
+def __getattr__(name: str) -> Any:
+    if name in _TRAINER_NAMES:
+        from dinossl.train import trainer
+
+        return getattr(trainer, name)
+    raise AttributeError(f"module 'dinossl.train' has no attribute {name!r}")
