@@ -19,7 +19,7 @@ class BrightnessAttention(nn.Module):
         super().__init__()
         self.heads = heads
 
-    def last_selfattention(self, images: torch.Tensor) -> torch.Tensor:
+    def last_selfattention(self, images: torch.Tensor, cls_only: bool = False) -> torch.Tensor:
         bright = (images[:, :1] > 0).float()
         per_patch = F.avg_pool2d(bright, self.patch_size).flatten(1)  # (B, N)
         batch, n = per_patch.shape
@@ -27,7 +27,7 @@ class BrightnessAttention(nn.Module):
         row = row / row.sum(dim=1, keepdim=True).clamp_min(1e-12)
         attention = torch.zeros(batch, self.heads, n + 1, n + 1)
         attention[:, :, 0] = row[:, None]
-        return attention
+        return attention[:, :, :1] if cls_only else attention
 
 
 class PositionFeatures(nn.Module):
@@ -37,7 +37,7 @@ class PositionFeatures(nn.Module):
     patch_size = 8
     num_prefix_tokens = 1
 
-    def last_selfattention(self, images: torch.Tensor) -> torch.Tensor:
+    def last_selfattention(self, images: torch.Tensor, cls_only: bool = False) -> torch.Tensor:
         raise AssertionError("not used")
 
     def intermediate_layers(self, images: torch.Tensor, n: int = 1) -> list[torch.Tensor]:

@@ -51,6 +51,7 @@ def test_last_selfattention_matches_timm_unfused(vit):
         handle.remove()
         last.fused_attn = True
     torch.testing.assert_close(attn, captured["attn"])
+    torch.testing.assert_close(vit.last_selfattention(x, cls_only=True), attn[:, :, :1])
 
 
 def test_intermediate_layers(vit):

@@ -44,7 +44,7 @@ def cls_attention(backbone: nn.Module, images: torch.Tensor) -> torch.Tensor:
     if height % patch or width % patch:
         raise ValueError(f"image size {height}x{width} is not a multiple of the patch size {patch}")
     try:
-        attention = backbone.last_selfattention(images)
+        attention = backbone.last_selfattention(images, cls_only=True)
     except TypeError as exc:
         raise CheckpointError(str(exc)) from exc
     prefix = getattr(backbone, "num_prefix_tokens", 1)

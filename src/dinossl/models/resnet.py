@@ -25,7 +25,7 @@ class ResNetBackbone(ResNet):
             raise ValueError("a ResNet backbone gives only its pooled output (n = 1)")
         return [self(images).unsqueeze(1)]
 
-    def last_selfattention(self, images: torch.Tensor) -> torch.Tensor:
+    def last_selfattention(self, images: torch.Tensor, cls_only: bool = False) -> torch.Tensor:
         raise TypeError("a ResNet backbone has no self-attention; use a ViT checkpoint")
 
 
