@@ -37,6 +37,9 @@ class CropConfig:
     local_scale: tuple[float, float] = (0.05, 0.4)
     num_local: int = 8
     blur_radius: tuple[float, float] = (0.1, 2.0)  # Gaussian blur radius range, in pixels
+    color_jitter: tuple[float, float, float, float] = (0.4, 0.4, 0.2, 0.1)  # brightness, contrast, saturation, hue
+    color_jitter_p: float = 0.8
+    grayscale_p: float = 0.2
 
 
 @dataclass
@@ -376,6 +379,10 @@ def validate(c: Config) -> None:
     need(cr.num_local >= 0, "data.crops.num_local", f"must be >= 0, got {cr.num_local}")
     need(0.0 <= cr.blur_radius[0] <= cr.blur_radius[1], "data.crops.blur_radius",
          f"must satisfy 0 <= min <= max, got {list(cr.blur_radius)}")
+    need(all(v >= 0 for v in cr.color_jitter) and cr.color_jitter[3] <= 0.5, "data.crops.color_jitter",
+         f"needs brightness, contrast, saturation >= 0 and 0 <= hue <= 0.5, got {list(cr.color_jitter)}")
+    for name in ("color_jitter_p", "grayscale_p"):
+        need(0.0 <= getattr(cr, name) <= 1.0, f"data.crops.{name}", f"must be in [0, 1], got {getattr(cr, name)}")
     for name, (lo_s, hi_s) in (("data.crops.global_scale", cr.global_scale), ("data.crops.local_scale", cr.local_scale)):
         need(0.0 < lo_s <= hi_s <= 1.0, name, f"must satisfy 0 < min <= max <= 1, got {[lo_s, hi_s]}")
     if m.arch in VIT_ARCHS:

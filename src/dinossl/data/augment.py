@@ -36,12 +36,14 @@ def _to_normalized_tensor() -> list[Callable]:
     return [v2.ToImage(), v2.ToDtype(torch.float32, scale=True), v2.Normalize(IMAGENET_MEAN, IMAGENET_STD)]
 
 
-def _photometric(blur_p: float, solarize_p: float, blur_radius: tuple[float, float]) -> list[Callable]:
+def _photometric(crops: CropConfig, blur_p: float, solarize_p: float) -> list[Callable]:
+    brightness, contrast, saturation, hue = crops.color_jitter
     return [
         v2.RandomHorizontalFlip(p=0.5),
-        v2.RandomApply([v2.ColorJitter(brightness=0.4, contrast=0.4, saturation=0.2, hue=0.1)], p=0.8),
-        v2.RandomGrayscale(p=0.2),
-        RandomGaussianBlur(blur_p, *blur_radius),
+        v2.RandomApply([v2.ColorJitter(brightness=brightness, contrast=contrast, saturation=saturation, hue=hue)],
+                       p=crops.color_jitter_p),
+        v2.RandomGrayscale(p=crops.grayscale_p),
+        RandomGaussianBlur(blur_p, *crops.blur_radius),
         v2.RandomSolarize(threshold=128, p=solarize_p),
     ]
 
@@ -55,11 +57,10 @@ class MultiCropAugmentation:
 
     def __init__(self, crops: CropConfig) -> None:
         bicubic = InterpolationMode.BICUBIC
-        blur_radius = tuple(crops.blur_radius)
 
         def view(size: int, scale: tuple[float, float], blur_p: float, solarize_p: float) -> v2.Compose:
             resize = v2.RandomResizedCrop(size, scale=tuple(scale), interpolation=bicubic)
-            return v2.Compose([resize, *_photometric(blur_p, solarize_p, blur_radius), *_to_normalized_tensor()])
+            return v2.Compose([resize, *_photometric(crops, blur_p, solarize_p), *_to_normalized_tensor()])
 
         self.global_1 = view(crops.global_size, crops.global_scale, 1.0, 0.0)
         self.global_2 = view(crops.global_size, crops.global_scale, 0.1, 0.2)
