@@ -105,8 +105,6 @@ def tiny_image_folder(tmp_path_factory) -> Path:
 
     sample = load_sample("train")
     root = tmp_path_factory.mktemp("tiny_images")
-    from PIL import Image
-
     for index in range(64):
         image, label = sample.load(index * 97 % len(sample))
         folder = root / sample.classes[label]

@@ -16,9 +16,6 @@ from dinossl.weights import load_backbone, write_backbone
 from tests.conftest import TINY_OVERRIDES
 
 
-@pytest.fixture(autouse=True)
-def _one_thread():
-    torch.set_num_threads(1)
 
 
 def tiny_backbone(seed: int, patch_size: int = 8) -> torch.nn.Module:

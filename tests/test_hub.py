@@ -13,9 +13,6 @@ from dinossl.errors import CheckpointError
 from dinossl.weights import BackboneSpec, build_from_spec, load_backbone, spec_of
 
 
-@pytest.fixture(autouse=True)
-def _one_thread():
-    torch.set_num_threads(1)
 
 
 def random_backbone(spec: BackboneSpec) -> torch.nn.Module:

@@ -28,9 +28,6 @@ from dinossl.weights import (
 TINY = BackboneSpec("vit_tiny", patch_size=8, img_size=32, depth=2)
 
 
-@pytest.fixture(autouse=True)
-def _one_thread():
-    torch.set_num_threads(1)
 
 
 def tiny_backbone(seed: int = 0, patch_size: int = 8) -> nn.Module:

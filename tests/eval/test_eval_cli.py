@@ -8,7 +8,6 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-import torch
 from PIL import Image
 
 from dinossl.cli import main
@@ -16,13 +15,6 @@ from dinossl.cli import main
 SMALL = ["--resize", "32", "--crop", "32", "--num-workers", "0"]
 
 
-@pytest.fixture(autouse=True)
-def _one_thread():
-    """One intra-op thread: small images, a shared 2-core machine."""
-    previous = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(previous)
 
 
 def _one_line_error(capsys, fragment: str) -> None:

@@ -24,13 +24,6 @@ from dinossl.models import build_vit
 TRANSFORM = evaluation_transform(resize=32, crop=32)
 
 
-@pytest.fixture(autouse=True)
-def _one_thread():
-    """One intra-op thread: tiny tensors, a shared 2-core machine."""
-    previous = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(previous)
 
 
 class FlakyImages(ArrayImages):

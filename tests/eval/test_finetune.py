@@ -24,13 +24,6 @@ from dinossl.train.distributed import DistContext
 CPU = DistContext(0, 1, 0, torch.device("cpu"))
 
 
-@pytest.fixture(autouse=True)
-def _one_thread():
-    """One intra-op thread: tiny tensors, a shared 2-core machine."""
-    previous = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(previous)
 
 
 def small_model(depth: int = 2) -> FinetuneModel:

@@ -11,13 +11,6 @@ from dinossl.errors import DinoError
 from dinossl.eval.knn import KnnSettings, class_scores, knn_classify, knn_hits, nearest_neighbours
 
 
-@pytest.fixture(autouse=True)
-def _one_thread():
-    """One intra-op thread: tiny tensors, a shared 2-core machine."""
-    previous = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(previous)
 
 
 def direct_knn(bank, bank_labels, queries, query_labels, k, temperature, num_classes):
