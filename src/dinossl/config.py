@@ -24,6 +24,7 @@ from dinossl.errors import ConfigError
 VIT_ARCHS = ("vit_tiny", "vit_small", "vit_base")
 ARCHS = VIT_ARCHS + ("resnet50",)
 PRECISIONS = ("auto", "fp32", "bf16", "fp16")
+PHOTOMETRIC_PLACES = ("loader", "device")
 OPTIMIZERS = ("adamw", "sgd")
 
 
@@ -49,6 +50,10 @@ class DataConfig:
     path: Optional[str] = None  # None: the CIFAR-10 sample shipped inside the package
     crops: CropConfig = field(default_factory=CropConfig)
     num_workers: int = 4
+    # Where colour jitter, grayscale, blur, solarisation and normalisation run: "loader" (per
+    # image, PIL/torchvision in the loader workers) or "device" (batched on the training device;
+    # the loader only crops, flips and draws the parameters). See docs/photometric.md.
+    photometric: str = "loader"
 
 
 @dataclass
@@ -152,6 +157,7 @@ PRESETS: dict[str, dict[str, Any]] = {
                 "num_local": 4,
             },
             "num_workers": 1,
+            "photometric": "device",  # 2x the loader pipeline's crops/s on 2 CPU cores (docs/photometric.md)
         },
         "model": {
             "arch": "vit_tiny",
@@ -394,6 +400,8 @@ def validate(c: Config) -> None:
             need(cr.local_size % m.patch_size == 0, "data.crops.local_size",
                  f"{cr.local_size} is not divisible by model.patch_size={m.patch_size}")
     need(d.num_workers >= 0, "data.num_workers", f"must be >= 0, got {d.num_workers}")
+    need(d.photometric in PHOTOMETRIC_PLACES, "data.photometric",
+         f"unknown place {d.photometric!r}; choose from {', '.join(PHOTOMETRIC_PLACES)}")
     need(lo.student_temp > 0, "loss.student_temp", f"must be positive, got {lo.student_temp}")
     need(lo.teacher_temp > 0, "loss.teacher_temp", f"must be positive, got {lo.teacher_temp}")
     need(lo.warmup_teacher_temp > 0, "loss.warmup_teacher_temp", f"must be positive, got {lo.warmup_teacher_temp}")

@@ -14,7 +14,11 @@ import numpy as np
 import torch
 from torch.utils.data import DataLoader, Dataset, Sampler
 
+from dinossl.config import DataConfig
+from dinossl.data.augment import MultiCropAugmentation
+from dinossl.data.geometric_crops import GeometricMultiCrop
 from dinossl.data.images import ImageSource, UnreadableImage
+from dinossl.data.photometric_params import RawCrops
 
 log = logging.getLogger("dinossl")
 
@@ -24,8 +28,17 @@ def sample_seed(seed: int, epoch: int, index: int) -> int:
     return int(np.random.SeedSequence([seed, epoch, index]).generate_state(2, dtype=np.uint32).view(np.uint64)[0] >> 1)
 
 
+def build_multicrop_transform(data: DataConfig) -> Callable:
+    """The per-image transform for ``data.photometric``: "loader" -> normalised float crops
+    (:class:`MultiCropAugmentation`); "device" -> uint8 crops with their photometric parameters
+    (:class:`GeometricMultiCrop`), augmented later on the training device."""
+    if data.photometric == "device":
+        return GeometricMultiCrop(data.crops)
+    return MultiCropAugmentation(data.crops)
+
+
 class MultiCropDataset(Dataset):
-    """Indexed by (index, epoch); returns (list of crop tensors, label) or None if unreadable."""
+    """Indexed by (index, epoch); returns (the transform's list of crops, label) or None if unreadable."""
 
     def __init__(self, source: ImageSource, transform: Callable, seed: int) -> None:
         self.source, self.transform, self.seed = source, transform, seed
@@ -83,14 +96,22 @@ class ShardedEpochSampler(Sampler):
                 yield index, self.epoch
 
 
-def collate_crops(items: list) -> tuple[list[torch.Tensor], torch.Tensor, int]:
-    """Stack view-wise: ([V x (B, 3, S_v, S_v)], labels (B,), number of skipped images)."""
+def _stack_view(crops: list) -> torch.Tensor | RawCrops:
+    """One view of B images -> (B, 3, S, S), or RawCrops of (B, 3, S, S) pixels and (B, P) params."""
+    if isinstance(crops[0], RawCrops):
+        return RawCrops(torch.stack([c.pixels for c in crops]), torch.stack([c.params for c in crops]))
+    return torch.stack(crops)
+
+
+def collate_crops(items: list) -> tuple[list[torch.Tensor | RawCrops], torch.Tensor, int]:
+    """Stack view-wise: ([V x (B, 3, S_v, S_v)], labels (B,), number of skipped images); with
+    ``data.photometric=device`` each view is a RawCrops (uint8 pixels, parameters)."""
     good = [item for item in items if item is not None]
     skipped = len(items) - len(good)
     if not good:
         return [], torch.empty(0, dtype=torch.long), skipped
     num_views = len(good[0][0])
-    crops = [torch.stack([item[0][v] for item in good]) for v in range(num_views)]
+    crops = [_stack_view([item[0][v] for item in good]) for v in range(num_views)]
     labels = torch.tensor([item[1] for item in good], dtype=torch.long)
     return crops, labels, skipped
 

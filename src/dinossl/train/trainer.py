@@ -22,7 +22,14 @@ from torch.nn.parallel import DistributedDataParallel
 from tqdm import tqdm
 
 from dinossl.config import Config, config_from_dict, differing_fields
-from dinossl.data import MultiCropAugmentation, MultiCropDataset, ShardedEpochSampler, build_train_loader, open_images
+from dinossl.data import (
+    MultiCropDataset,
+    ShardedEpochSampler,
+    build_multicrop_transform,
+    build_train_loader,
+    open_images,
+    to_model_input,
+)
 from dinossl.errors import CheckpointError, DataError, DinoError
 from dinossl.models import MultiCropNetwork, build_network
 from dinossl.objective import CollapseMonitor, DINOLoss, cosine_schedule, teacher_temperature_schedule
@@ -177,7 +184,7 @@ def build_run(config: Config, output_dir: str | Path, init_from: Optional[str] =
             f"{len(source)} images are fewer than one global batch of "
             f"{tcfg.batch_size_per_process * ctx.world_size}; lower train.batch_size_per_process"
         )
-    dataset = MultiCropDataset(source, MultiCropAugmentation(config.data.crops), tcfg.seed)
+    dataset = MultiCropDataset(source, build_multicrop_transform(config.data), tcfg.seed)
     loader = build_train_loader(
         dataset, sampler, tcfg.batch_size_per_process, config.data.num_workers, pin_memory=ctx.device.type == "cuda"
     )
@@ -346,7 +353,7 @@ def train_one_epoch(run: Run, epoch: int, progress: tqdm) -> dict[str, float]:
         skipped += n_skipped
         if not crops:
             raise DataError(f"every image of the batch at step {step + 1} was unreadable; check the data folder")
-        crops = [c.to(device, non_blocking=True) for c in crops]
+        crops = [to_model_input(c, device) for c in crops]  # data.photometric=device: augmented here
         loss, stats = training_step(run, crops, step, temp, freeze_last)
 
         finite = torch.isfinite(loss.detach())
