@@ -110,6 +110,7 @@ class TrainConfig:
     log_every: int = 10  # steps between JSON log lines
     progress_bar: bool = True
     knn_at_end: bool = False  # print k-NN top-1 of the teacher vs. random init at the end
+    knn_every: int = 0  # epochs between k-NN checks of the teacher (built-in sample only); 0: never
     dist_timeout_s: int = 600  # process-group timeout: a dead peer ends the run after this
     threads: int = 0  # torch CPU threads; 0 leaves torch's default
 
@@ -138,6 +139,7 @@ RUNTIME_FIELDS = frozenset(
         "train.log_every",
         "train.progress_bar",
         "train.knn_at_end",
+        "train.knn_every",
         "train.dist_timeout_s",
         "train.threads",
         "train.batch_size_per_process",
@@ -423,6 +425,7 @@ def validate(c: Config) -> None:
     need(t.log_every > 0, "train.log_every", f"must be positive, got {t.log_every}")
     need(t.dist_timeout_s > 0, "train.dist_timeout_s", f"must be positive, got {t.dist_timeout_s}")
     need(t.threads >= 0, "train.threads", f"must be >= 0, got {t.threads}")
+    need(t.knn_every >= 0, "train.knn_every", f"must be >= 0, got {t.knn_every}")
 
 
 def flatten(values: dict[str, Any], prefix: str = "") -> dict[str, Any]:
@@ -437,7 +440,10 @@ def flatten(values: dict[str, Any], prefix: str = "") -> dict[str, Any]:
 
 
 def differing_fields(stored: dict[str, Any], current: dict[str, Any]) -> list[str]:
-    """Dotted names of fields that change the computation and differ between two configs."""
-    a, b = flatten(stored), flatten(current)
+    """Dotted names of fields that change the computation and differ between two configs.
+
+    Fields the stored config lacks (written before they existed) count as their default.
+    """
+    a, b = flatten(_merge(Config().to_dict(), stored)), flatten(current)
     names = sorted(set(a) | set(b))
     return [n for n in names if n not in RUNTIME_FIELDS and a.get(n) != b.get(n)]

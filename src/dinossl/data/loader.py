@@ -54,7 +54,7 @@ class MultiCropDataset(Dataset):
             log.debug("skipping unreadable image %s", exc)
             return None
         with torch.random.fork_rng(devices=[]):
-            torch.manual_seed(sample_seed(self.seed, epoch, index))
+            torch.random.default_generator.manual_seed(sample_seed(self.seed, epoch, index))  # CPU only
             crops = self.transform(image)
         return crops, label
 

@@ -49,6 +49,7 @@ from dinossl.train.optim import (
     drop_last_layer_gradients,
     set_lr_and_weight_decay,
 )
+from dinossl.train.knn_monitor import SampleKnnMonitor
 from dinossl.train.run_log import RunLog
 from dinossl.train.teacher import ema_update, init_teacher
 
@@ -429,6 +430,18 @@ def _is_peer_failure(exc: BaseException) -> bool:
     return any(word in text for word in ("gloo", "nccl", "connection", "timed out", "timeout", "peer"))
 
 
+def _knn_monitor(run: Run) -> Optional[SampleKnnMonitor]:
+    """The sample k-NN monitor when asked for (rank 0, built-in sample only)."""
+    cfg = run.config
+    if not (cfg.train.knn_at_end or cfg.train.knn_every) or not run.ctx.is_main:
+        return None
+    if cfg.data.path is not None:
+        log.info("train.knn_at_end / knn_every use the built-in sample's labels; run `dino eval knn` for %s",
+                 cfg.data.path)
+        return None
+    return SampleKnnMonitor(cfg.data.crops.global_size, run.ctx.device)
+
+
 def _train(run: Run, stop_after_epochs: Optional[int] = None) -> TrainResult:
     cfg, ctx = run.config, run.ctx
     total_steps = cfg.train.epochs * run.steps_per_epoch
@@ -440,6 +453,7 @@ def _train(run: Run, stop_after_epochs: Optional[int] = None) -> TrainResult:
             ctx.device, "fp32" if run.amp_dtype is None else str(run.amp_dtype).replace("torch.", ""),
         )
     last_epoch: dict[str, float] = {}
+    monitor = _knn_monitor(run)
     end_epoch = cfg.train.epochs
     if stop_after_epochs is not None:
         end_epoch = min(end_epoch, run.start_epoch + stop_after_epochs)
@@ -455,6 +469,10 @@ def _train(run: Run, stop_after_epochs: Optional[int] = None) -> TrainResult:
                                    "teacher_temp": float(run.teacher_temp[epoch]),
                                    "center_norm": run.loss_fn.center.norm().item()})
                 save_checkpoint(_checkpoint_state(run, epoch + 1), run.output_dir / CHECKPOINT_NAME)
+                if monitor is not None and cfg.train.knn_every and (epoch + 1) % cfg.train.knn_every == 0:
+                    top1 = monitor.top1(run.teacher.backbone)
+                    run.run_log.write({"kind": "knn", "epoch": epoch + 1, "knn_top1_k20": top1})
+                    progress.write(f"epoch {epoch + 1}: teacher k-NN top-1 on the held-out sample {top1:.1f}%")
             barrier()
     finally:
         progress.close()
@@ -467,35 +485,20 @@ def _train(run: Run, stop_after_epochs: Optional[int] = None) -> TrainResult:
         exported = export_backbone(teacher_backbone, run.output_dir / EXPORT_STEM)
         log.info("teacher backbone exported to %s", ", ".join(str(p) for p in exported))
     knn = None
-    if cfg.train.knn_at_end and ctx.is_main:
-        knn = knn_against_random_init(run)
+    if cfg.train.knn_at_end and ctx.is_main and monitor is not None:
+        knn = knn_against_random_init(run, monitor)
     barrier()
     return TrainResult(run.output_dir, cfg.train.epochs, last_epoch, knn, exported)
 
 
-def knn_against_random_init(run: Run) -> Optional[dict[str, float]]:
-    """k-NN top-1 (k=20, T=0.07) on the sample's held-out part: trained teacher vs. the same
-    network at its random initialisation (rebuilt from the run's seed)."""
-    from dinossl.data import evaluation_transform
-    from dinossl.eval.features import extract_features
-    from dinossl.eval.knn import knn_classify
-
-    cfg = run.config
-    if cfg.data.path is not None:
-        log.info("train.knn_at_end applies to the built-in sample only; run `dino eval knn` for %s", cfg.data.path)
-        return None
-    bank_source, query_source = open_images(None, "train"), open_images(None, "heldout")
-    size = cfg.data.crops.global_size
-    transform = evaluation_transform(resize=size, crop=size)
-    torch.manual_seed(cfg.train.seed)
-    random_init = build_network(cfg.model, student=True).backbone.to(run.ctx.device)
-    results: dict[str, float] = {}
-    for name, backbone in (("random_init", random_init), ("trained", run.teacher.backbone)):
-        bank, bank_labels = extract_features(backbone, bank_source, transform, device=run.ctx.device)
-        queries, query_labels = extract_features(backbone, query_source, transform, device=run.ctx.device)
-        results[name] = knn_classify(bank, bank_labels, queries, query_labels, ks=(20,), temperature=0.07)[20]["top1"]
+def knn_against_random_init(run: Run, monitor: SampleKnnMonitor) -> dict[str, float]:
+    """k-NN top-1 on the sample's held-out part: trained teacher vs. the same network at its
+    random initialisation (rebuilt from the run's seed, exactly as the run started)."""
+    torch.manual_seed(run.config.train.seed)
+    random_init = build_network(run.config.model, student=True).backbone.to(run.ctx.device)
+    results = {"random_init": monitor.top1(random_init), "trained": monitor.top1(run.teacher.backbone)}
     run.run_log.write({"kind": "result", "metric": "knn_top1_k20", **results,
-                       "bank_images": len(bank_source), "query_images": len(query_source)})
+                       "bank_images": len(monitor.bank_source), "query_images": len(monitor.query_source)})
     return results
 
 
