@@ -1,6 +1,6 @@
 """Training: the loop, teacher EMA, optimiser, checkpoints, distributed setup, run log.
 
-``train``, ``build_run``, ``train_one_epoch``, ``TrainResult`` and ``NonFiniteLoss`` come from
+``train``, ``build_run``, ``train_one_epoch``, ``training_step`` and ``TrainResult`` come from
 :mod:`dinossl.train.trainer`, imported on first use so that the small modules of this package
 (checkpoint, distributed) stay cheap to import.
 """
@@ -9,8 +9,10 @@ from __future__ import annotations
 
 from typing import Any
 
-_TRAINER_NAMES = ("NonFiniteLoss", "TrainResult", "build_run", "train", "train_one_epoch", "training_step")
-__all__ = list(_TRAINER_NAMES)
+from dinossl.train.step_stats import NonFiniteLoss
+
+_TRAINER_NAMES = ("TrainResult", "build_run", "train", "train_one_epoch", "training_step")
+__all__ = ["NonFiniteLoss", *_TRAINER_NAMES]
 
 
 def __getattr__(name: str) -> Any:

@@ -15,13 +15,12 @@ from pathlib import Path
 from typing import Any, Optional
 
 import torch
-import yaml
 from torch import distributed as dist
 from torch import nn
 from torch.nn.parallel import DistributedDataParallel
 from tqdm import tqdm
 
-from dinossl.config import Config, config_from_dict, differing_fields
+from dinossl.config import Config
 from dinossl.data import (
     MultiCropDataset,
     ShardedEpochSampler,
@@ -33,7 +32,7 @@ from dinossl.data import (
 from dinossl.errors import CheckpointError, DataError, DinoError
 from dinossl.models import MultiCropNetwork, build_network
 from dinossl.objective import CollapseMonitor, DINOLoss, cosine_schedule, teacher_temperature_schedule
-from dinossl.train.checkpoint import CHECKPOINT_NAME, backbone_state_dict, export_backbone, read_checkpoint, save_checkpoint
+from dinossl.train.checkpoint import CHECKPOINT_NAME, backbone_state_dict, export_backbone, save_checkpoint
 from dinossl.train.distributed import (
     DistContext,
     PeerFailure,
@@ -50,19 +49,14 @@ from dinossl.train.optim import (
     set_lr_and_weight_decay,
 )
 from dinossl.train.knn_monitor import SampleKnnMonitor
+from dinossl.train.run_folder import check_run_folder, write_run_config
 from dinossl.train.run_log import RunLog
+from dinossl.train.step_stats import StepStats
 from dinossl.train.teacher import ema_update, init_teacher
 
 log = logging.getLogger("dinossl")
 
-CONFIG_NAME = "config.yaml"
 EXPORT_STEM = "teacher_backbone"
-
-
-class NonFiniteLoss(DinoError):
-    """The loss became NaN or infinite on some process (every rank stops with this error)."""
-
-    same_on_all_ranks = True
 
 
 @dataclass
@@ -132,38 +126,6 @@ def _seed_for_epoch(seed: int, epoch: int, rank: int) -> None:
     torch.manual_seed(seed * 1_000_003 + epoch * 1009 + rank)
 
 
-def _check_output_dir(output_dir: Path, config: Config) -> Optional[dict[str, Any]]:
-    """Refuse an output folder of another run; return its checkpoint when resuming."""
-    if output_dir.exists() and not output_dir.is_dir():
-        raise DinoError(f"output {output_dir} exists and is not a folder")
-    current = config.to_dict()
-    config_file = output_dir / CONFIG_NAME
-    if config_file.is_file():
-        try:
-            stored = yaml.safe_load(config_file.read_text()) or {}
-        except yaml.YAMLError as exc:
-            raise DinoError(f"{config_file} is not valid YAML ({exc}); not touching that folder") from exc
-        changed = differing_fields(stored, current)
-        if changed:
-            raise DinoError(
-                f"output folder {output_dir} holds another run (its {CONFIG_NAME} differs in "
-                f"{', '.join(changed[:6])}{'...' if len(changed) > 6 else ''}); choose another output folder"
-            )
-    checkpoint_file = output_dir / CHECKPOINT_NAME
-    if not checkpoint_file.is_file():
-        return None
-    checkpoint = read_checkpoint(checkpoint_file)
-    if not isinstance(checkpoint, dict) or "config" not in checkpoint or "student" not in checkpoint:
-        raise CheckpointError(f"{checkpoint_file} is not a dinossl training checkpoint; choose another output folder")
-    changed = differing_fields(checkpoint["config"], current)
-    if changed:
-        raise CheckpointError(
-            f"{checkpoint_file} was written by a run with a different configuration "
-            f"({', '.join(changed[:6])}{'...' if len(changed) > 6 else ''}); choose another output folder"
-        )
-    return checkpoint
-
-
 def has_batchnorm(model: nn.Module) -> bool:
     return any(isinstance(m, nn.modules.batchnorm._BatchNorm) for m in model.modules())
 
@@ -175,7 +137,7 @@ def build_run(config: Config, output_dir: str | Path, init_from: Optional[str] =
     ctx = init_distributed(config.train.device, config.train.dist_timeout_s)
     if config.train.threads > 0:
         torch.set_num_threads(config.train.threads)
-    checkpoint = _check_output_dir(output_dir, config)
+    checkpoint = check_run_folder(output_dir, config)
 
     source = open_images(config.data.path, "train")
     tcfg = config.train
@@ -235,8 +197,7 @@ def build_run(config: Config, output_dir: str | Path, init_from: Optional[str] =
     if checkpoint is not None:
         _restore(run, checkpoint)
     elif ctx.is_main:
-        output_dir.mkdir(parents=True, exist_ok=True)
-        (output_dir / CONFIG_NAME).write_text(yaml.safe_dump(config.to_dict(), sort_keys=False))
+        write_run_config(output_dir, config)
     return run
 
 
@@ -280,34 +241,6 @@ def _checkpoint_state(run: Run, epochs_done: int) -> dict[str, Any]:
     }
 
 
-def _reduce_stats(sums: torch.Tensor) -> dict[str, float]:
-    """[loss, entropy, kl, count, nonfinite] summed over steps -> means over steps and ranks."""
-    sums = all_reduce(sums.clone(), "sum")
-    values = sums.tolist()
-    count = max(values[3], 1.0)
-    return {"loss": values[0] / count, "teacher_entropy": values[1] / count, "kl": values[2] / count,
-            "nonfinite": values[4]}
-
-
-def _raise_if_nonfinite(run: Run, first_bad_step: torch.Tensor, nonfinite: float) -> None:
-    if nonfinite <= 0:
-        return
-    step = _min_across_ranks(first_bad_step)  # 0-based; reported 1-based like the logs
-    raise NonFiniteLoss(
-        f"the loss became non-finite (NaN or inf) at step {step + 1} (epoch {step // run.steps_per_epoch + 1}); "
-        f"training stopped, the last good checkpoint in {run.output_dir} is untouched "
-        "(try a lower lr, train.precision=fp32 or bf16, or optim.clip_grad)"
-    )
-
-
-def _min_across_ranks(first_bad_step: torch.Tensor) -> int:
-    """Smallest first-bad step over ranks (ranks without one report a huge number)."""
-    value = torch.where(first_bad_step < 0, torch.full_like(first_bad_step, 2**62), first_bad_step)
-    if dist.is_available() and dist.is_initialized() and dist.get_world_size() > 1:
-        dist.all_reduce(value, op=dist.ReduceOp.MIN)
-    return int(value.item())
-
-
 def training_step(
     run: Run, crops: list[torch.Tensor], step: int, teacher_temp: float, freeze_last_layer: bool
 ) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
@@ -344,9 +277,7 @@ def train_one_epoch(run: Run, epoch: int, progress: tqdm) -> dict[str, float]:
     temp = float(run.teacher_temp[epoch])
     freeze_last = epoch < cfg.optim.freeze_last_layer
 
-    interval = torch.zeros(5, device=device)  # loss, entropy, kl, count, nonfinite
-    epoch_sums = torch.zeros(5, device=device)
-    first_bad_step = torch.full((), -1, dtype=torch.long, device=device)
+    stats_sums = StepStats(device)
     skipped = 0
     last_time, last_step = time.perf_counter(), epoch * run.steps_per_epoch
     for it, (crops, _, n_skipped) in enumerate(run.loader):
@@ -356,24 +287,14 @@ def train_one_epoch(run: Run, epoch: int, progress: tqdm) -> dict[str, float]:
             raise DataError(f"every image of the batch at step {step + 1} was unreadable; check the data folder")
         crops = [to_model_input(c, device) for c in crops]  # data.photometric=device: augmented here
         loss, stats = training_step(run, crops, step, temp, freeze_last)
-
-        finite = torch.isfinite(loss.detach())
-        first_bad_step = torch.where((first_bad_step < 0) & ~finite, step, first_bad_step)
-        record = torch.stack([
-            torch.where(finite, loss.detach(), 0.0), stats["teacher_entropy"], stats["kl"],
-            torch.ones((), device=device), (~finite).float(),
-        ])
-        interval += record
-        epoch_sums += record
+        stats_sums.add(step, loss, stats)
         progress.update(1)
 
         if (step + 1) % cfg.train.log_every == 0 or it + 1 == run.steps_per_epoch:
-            means = _reduce_stats(interval)
-            _raise_if_nonfinite(run, first_bad_step, means["nonfinite"])
+            means = stats_sums.read("interval", run.steps_per_epoch, str(run.output_dir))
             now = time.perf_counter()
             images_per_s = (step + 1 - last_step) * run.global_batch / max(now - last_time, 1e-9)
             last_time, last_step = now, step + 1
-            interval.zero_()
             entry = {
                 "kind": "step", "step": step + 1, "epoch": epoch + 1, "loss": means["loss"],
                 "lr": float(run.lr[step]), "weight_decay": float(run.weight_decay[step]),
@@ -389,8 +310,7 @@ def train_one_epoch(run: Run, epoch: int, progress: tqdm) -> dict[str, float]:
             if warning:
                 run.run_log.warn(f"step {step + 1}: {warning}", step=step + 1)
 
-    means = _reduce_stats(epoch_sums)
-    _raise_if_nonfinite(run, first_bad_step, means["nonfinite"])
+    means = stats_sums.read("epoch", run.steps_per_epoch, str(run.output_dir))
     skipped_total = int(all_reduce(torch.tensor([skipped], device=device, dtype=torch.float64), "sum").item())
     if skipped_total:
         run.run_log.warn(f"epoch {epoch + 1}: skipped {skipped_total} unreadable images", epoch=epoch + 1)
@@ -500,11 +420,3 @@ def knn_against_random_init(run: Run, monitor: SampleKnnMonitor) -> dict[str, fl
     run.run_log.write({"kind": "result", "metric": "knn_top1_k20", **results,
                        "bank_images": len(monitor.bank_source), "query_images": len(monitor.query_source)})
     return results
-
-
-def load_run_config(output_dir: str | Path) -> Config:
-    """The configuration stored in a run folder."""
-    path = Path(output_dir) / CONFIG_NAME
-    if not path.is_file():
-        raise DinoError(f"{output_dir} holds no {CONFIG_NAME}")
-    return config_from_dict(yaml.safe_load(path.read_text()))

@@ -1,0 +1,60 @@
+"""A run folder's identity: its config.yaml and checkpoint decide whether a run may use it."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any, Optional
+
+import yaml
+
+from dinossl.config import Config, config_from_dict, differing_fields
+from dinossl.errors import CheckpointError, DinoError
+from dinossl.train.checkpoint import CHECKPOINT_NAME, read_checkpoint
+
+CONFIG_NAME = "config.yaml"
+
+
+def _listed(fields: list[str]) -> str:
+    return ", ".join(fields[:6]) + ("..." if len(fields) > 6 else "")
+
+
+def check_run_folder(output_dir: Path, config: Config) -> Optional[dict[str, Any]]:
+    """Refuse a folder that belongs to a run of another configuration (naming the fields that
+    differ); return its checkpoint when it holds one of this configuration (resume)."""
+    if output_dir.exists() and not output_dir.is_dir():
+        raise DinoError(f"output {output_dir} exists and is not a folder")
+    current = config.to_dict()
+    config_file = output_dir / CONFIG_NAME
+    if config_file.is_file():
+        try:
+            stored = yaml.safe_load(config_file.read_text()) or {}
+        except yaml.YAMLError as exc:
+            raise DinoError(f"{config_file} is not valid YAML ({exc}); not touching that folder") from exc
+        changed = differing_fields(stored, current)
+        if changed:
+            raise DinoError(f"output folder {output_dir} holds another run (its {CONFIG_NAME} differs in "
+                            f"{_listed(changed)}); choose another output folder")
+    checkpoint_file = output_dir / CHECKPOINT_NAME
+    if not checkpoint_file.is_file():
+        return None
+    checkpoint = read_checkpoint(checkpoint_file)
+    if not isinstance(checkpoint, dict) or "config" not in checkpoint or "student" not in checkpoint:
+        raise CheckpointError(f"{checkpoint_file} is not a dinossl training checkpoint; choose another output folder")
+    changed = differing_fields(checkpoint["config"], current)
+    if changed:
+        raise CheckpointError(f"{checkpoint_file} was written by a run with a different configuration "
+                              f"({_listed(changed)}); choose another output folder")
+    return checkpoint
+
+
+def write_run_config(output_dir: Path, config: Config) -> None:
+    output_dir.mkdir(parents=True, exist_ok=True)
+    (output_dir / CONFIG_NAME).write_text(yaml.safe_dump(config.to_dict(), sort_keys=False))
+
+
+def load_run_config(output_dir: str | Path) -> Config:
+    """The configuration stored in a run folder."""
+    path = Path(output_dir) / CONFIG_NAME
+    if not path.is_file():
+        raise DinoError(f"{output_dir} holds no {CONFIG_NAME}")
+    return config_from_dict(yaml.safe_load(path.read_text()))
