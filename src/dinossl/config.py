@@ -52,7 +52,7 @@ class DataConfig:
     num_workers: int = 4
     # Where colour jitter, grayscale, blur, solarisation and normalisation run: "loader" (per
     # image, PIL/torchvision in the loader workers) or "device" (batched on the training device;
-    # the loader only crops, flips and draws the parameters). See docs/photometric.md.
+    # the loader only crops, flips and draws the parameters). See the README, "Where the photometric augmentation runs".
     photometric: str = "loader"
 
 
