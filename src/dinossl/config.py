@@ -150,7 +150,7 @@ PRESETS: dict[str, dict[str, Any]] = {
     # Small ViT on 32-px images, sized for a 2-core CPU. `dino train` with no argument uses
     # it on the CIFAR-10 sample shipped inside the package.
     "vit-tiny-cifar": {
-        # Sized for ~10 minutes on 2 CPU cores (5 epochs of the 10,000-image sample); the values
+        # Sized for about 12 minutes on 2 CPU cores (5 epochs of the 10,000-image sample); the values
         # come from the CPU sweep described in the README ("The default run").
         "data": {
             "crops": {
