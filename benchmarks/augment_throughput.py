@@ -1,8 +1,12 @@
-"""Crops/s of the multi-crop augmentation with ``data.photometric`` = "loader" vs "device"; writes JSON.
+"""Crops/s of the multi-crop augmentation in its three arrangements; writes JSON.
 
-"loader": the whole recipe per image in the loader (MultiCropAugmentation + collate).
-"device": the loader part (crop, flip, parameter draws, collate: GeometricMultiCrop) plus the
-batched photometric step (apply_photometric) on ``--device``. Both run in this process with
+"loader" (``data.photometric=loader``): the whole recipe per image in the loader
+(MultiCropAugmentation + collate).
+"device" (``data.photometric=device``): the loader part (crop, flip, parameter draws, collate:
+GeometricMultiCrop) plus the batched photometric step (apply_photometric) on ``--device``.
+"batched" (``data.geometric=batched``, which implies device): each view's crops of a batch cut
+in one call from in-memory pixels (BatchedMultiCrops), plus the same photometric step. All run
+in this process with
 ``--threads`` torch threads (a DataLoader worker runs with 1), each timed ``--repeats`` times;
 the JSON holds the median times, crops/s and the ratios, all from this one run.
 
@@ -88,7 +92,28 @@ def _measure(name: str, source, crops, num_images: int, batch: int, repeats: int
             for view in views:
                 to_model_input(view, device)
 
+    from dinossl.data.batched_crops import BatchedMultiCrops
+
+    pixels = torch.from_numpy(np.stack([np.asarray(source.load(i)[0]) for i in range(num_images)]))
+    pixels = pixels.permute(0, 3, 1, 2).contiguous()
+    batched_crops = BatchedMultiCrops(crops)
+    batched_views: list = []
+
+    def run_batched_crop_part():
+        batched_views.clear()
+        generator = torch.Generator().manual_seed(0)
+        for indices in batches:
+            batched_views.append(batched_crops(pixels[indices.start:indices.stop], generator))
+
+    def run_batched_device_part():
+        for views in batched_views:
+            for view in views:
+                to_model_input(view, device)
+
     loader_s, loader_all = _median_time(run_loader_mode, repeats, sync)
+    batched_crop_s, batched_crop_all = _median_time(run_batched_crop_part, repeats, sync)
+    batched_photometric_s, batched_photometric_all = _median_time(run_batched_device_part, repeats, sync)
+    batched_total_s = batched_crop_s + batched_photometric_s
     geometric_s, geometric_all = _median_time(run_device_loader_part, repeats, sync)
     photometric_s, photometric_all = _median_time(run_device_part, repeats, sync)
     device_total_s = geometric_s + photometric_s
@@ -106,9 +131,18 @@ def _measure(name: str, source, crops, num_images: int, batch: int, repeats: int
                             "times_s": photometric_all, "device": str(device)},
             "total_crops_per_s": total_crops / device_total_s,
         },
+        "batched_mode": {
+            "crop_part": {"median_s": batched_crop_s, "crops_per_s": total_crops / batched_crop_s,
+                          "times_s": batched_crop_all},
+            "device_part": {"median_s": batched_photometric_s, "crops_per_s": total_crops / batched_photometric_s,
+                            "times_s": batched_photometric_all, "device": str(device)},
+            "total_crops_per_s": total_crops / batched_total_s,
+        },
         "ratios": {
             "loader_work_removed": loader_s / geometric_s,  # loader-side crops/s, device mode over loader mode
             "end_to_end": loader_s / device_total_s,  # both parts on this machine, device mode over loader mode
+            "batched_end_to_end": loader_s / batched_total_s,  # batched mode over loader mode
+            "batched_over_device": device_total_s / batched_total_s,
         },
         "loader_ms_per_image": {"loader_mode": 1e3 * loader_s / num_images,
                                 "device_mode": 1e3 * geometric_s / num_images},
@@ -155,6 +189,7 @@ def main() -> None:
     summary = [{"workload": r["workload"], "loader_mode_crops_per_s": round(r["loader_mode"]["crops_per_s"]),
                 "device_mode_crops_per_s": round(r["device_mode"]["total_crops_per_s"]),
                 "device_mode_loader_part_crops_per_s": round(r["device_mode"]["loader_part"]["crops_per_s"]),
+                "batched_mode_crops_per_s": round(r["batched_mode"]["total_crops_per_s"]),
                 "ratios": {k: round(v, 2) for k, v in r["ratios"].items()}} for r in results]
     print(json.dumps(summary, indent=2))
 

@@ -25,6 +25,7 @@ VIT_ARCHS = ("vit_tiny", "vit_small", "vit_base")
 ARCHS = VIT_ARCHS + ("resnet50",)
 PRECISIONS = ("auto", "fp32", "bf16", "fp16")
 PHOTOMETRIC_PLACES = ("loader", "device")
+GEOMETRIC_MODES = ("per_image", "batched")
 OPTIMIZERS = ("adamw", "sgd")
 
 
@@ -54,6 +55,10 @@ class DataConfig:
     # image, PIL/torchvision in the loader workers) or "device" (batched on the training device;
     # the loader only crops, flips and draws the parameters). See the README, "Where the photometric augmentation runs".
     photometric: str = "loader"
+    # How crops are cut: "per_image" (PIL, in the loader workers) or "batched" (one batched
+    # resize per view in the training process; needs photometric=device and images of one size,
+    # held in memory). See the README, "Where the augmentation runs".
+    geometric: str = "per_image"
 
 
 @dataclass
@@ -407,6 +412,10 @@ def validate(c: Config) -> None:
     need(d.num_workers >= 0, "data.num_workers", f"must be >= 0, got {d.num_workers}")
     need(d.photometric in PHOTOMETRIC_PLACES, "data.photometric",
          f"unknown place {d.photometric!r}; choose from {', '.join(PHOTOMETRIC_PLACES)}")
+    need(d.geometric in GEOMETRIC_MODES, "data.geometric",
+         f"unknown mode {d.geometric!r}; choose from {', '.join(GEOMETRIC_MODES)}")
+    need(d.geometric != "batched" or d.photometric == "device", "data.geometric",
+         "batched crops need data.photometric=device")
     need(lo.student_temp > 0, "loss.student_temp", f"must be positive, got {lo.student_temp}")
     need(lo.teacher_temp > 0, "loss.teacher_temp", f"must be positive, got {lo.teacher_temp}")
     need(lo.warmup_teacher_temp > 0, "loss.warmup_teacher_temp", f"must be positive, got {lo.warmup_teacher_temp}")

@@ -34,9 +34,10 @@ def _assert_same_state(a, b):
     assert a["epoch"] == b["epoch"]
 
 
-def test_resume_ends_in_the_same_state_as_an_uninterrupted_run(tmp_path, tiny_image_folder):
+@pytest.mark.parametrize("geometric", ["per_image", "batched"])
+def test_resume_ends_in_the_same_state_as_an_uninterrupted_run(tmp_path, tiny_image_folder, geometric):
     extra = ["train.epochs=3", "optim.freeze_last_layer=1", "loss.warmup_teacher_temp_epochs=2",
-             "loss.teacher_temp=0.06"]
+             "loss.teacher_temp=0.06", f"data.geometric={geometric}"]
     full = tmp_path / "full"
     train(tiny_config(tiny_image_folder, *extra), full)
     split = tmp_path / "split"
@@ -144,3 +145,18 @@ def test_teacher_keeps_its_own_batchnorm_statistics(tmp_path, tiny_image_folder)
         assert not torch.allclose(teacher, initial)  # updated by the teacher's own forwards
         assert not torch.allclose(teacher, student)  # not copied from the student
     assert state["teacher"]["head.mlp.1.num_batches_tracked"] == 4  # one teacher forward per step
+
+
+def test_knn_against_random_init_reports_a_bootstrap_interval(tmp_path, tiny_image_folder):
+    from dinossl.train.knn_monitor import SampleKnnMonitor
+    from dinossl.train.trainer import build_run, knn_against_random_init
+
+    run = build_run(tiny_config(tiny_image_folder), tmp_path / "run")
+    monitor = SampleKnnMonitor(32, torch.device("cpu"))
+    monitor.query_source.pixels = monitor.query_source.pixels[:300]  # a cheaper query set
+    monitor.query_source.labels = monitor.query_source.labels[:300]
+    result = knn_against_random_init(run, monitor)  # the teacher is still its random initialisation
+    assert result["trained"] == result["random_init"] and result["gain_ci95"] == [0.0, 0.0]
+    assert 15.0 < result["random_init"] < 45.0  # 10 classes: well above chance for the sample
+    records = [json.loads(line) for line in (tmp_path / "run" / "log.jsonl").read_text().splitlines()]
+    assert records[-1]["kind"] == "result" and records[-1]["query_images"] == 300

@@ -29,6 +29,7 @@ from dinossl.data import (
     open_images,
     to_model_input,
 )
+from dinossl.data.batched_crops import BatchedCropLoader, images_in_memory
 from dinossl.errors import CheckpointError, DataError, DinoError
 from dinossl.models import MultiCropNetwork, build_network
 from dinossl.objective import CollapseMonitor, DINOLoss, cosine_schedule, teacher_temperature_schedule
@@ -74,7 +75,7 @@ class Run:
     scaler: torch.amp.GradScaler
     amp_dtype: Optional[torch.dtype]
     sampler: ShardedEpochSampler
-    loader: torch.utils.data.DataLoader
+    loader: torch.utils.data.DataLoader | BatchedCropLoader
     lr: Any  # per-iteration schedules (numpy arrays)
     weight_decay: Any
     momentum: Any
@@ -147,10 +148,14 @@ def build_run(config: Config, output_dir: str | Path, init_from: Optional[str] =
             f"{len(source)} images are fewer than one global batch of "
             f"{tcfg.batch_size_per_process * ctx.world_size}; lower train.batch_size_per_process"
         )
-    dataset = MultiCropDataset(source, build_multicrop_transform(config.data), tcfg.seed)
-    loader = build_train_loader(
-        dataset, sampler, tcfg.batch_size_per_process, config.data.num_workers, pin_memory=ctx.device.type == "cuda"
-    )
+    if config.data.geometric == "batched":
+        loader = BatchedCropLoader(images_in_memory(source), sampler, tcfg.batch_size_per_process,
+                                   config.data.crops, tcfg.seed)
+    else:
+        dataset = MultiCropDataset(source, build_multicrop_transform(config.data), tcfg.seed)
+        loader = build_train_loader(
+            dataset, sampler, tcfg.batch_size_per_process, config.data.num_workers, pin_memory=ctx.device.type == "cuda"
+        )
 
     torch.manual_seed(tcfg.seed)  # identical initial weights on every rank
     student = build_network(config.model, student=True)
