@@ -8,7 +8,15 @@ import pytest
 import torch
 
 from dinossl.errors import DinoError
-from dinossl.eval.knn import KnnSettings, class_scores, knn_classify, knn_hits, nearest_neighbours
+from dinossl.eval.knn import (
+    KnnSettings,
+    class_scores,
+    knn_classify,
+    knn_hits,
+    knn_predictions,
+    nearest_neighbours,
+    paired_bootstrap_interval,
+)
 
 
 
@@ -123,3 +131,29 @@ def test_bad_arguments_are_refused():
         KnnSettings(ks=(10, -1))
     with pytest.raises(DinoError):
         KnnSettings(temperature=0.0)
+
+
+def test_per_query_predictions_give_the_same_top1_as_the_classifier():
+    generator = torch.Generator().manual_seed(3)
+    bank, queries = torch.randn(300, 16, generator=generator), torch.randn(120, 16, generator=generator)
+    bank_labels, query_labels = torch.randint(0, 7, (300,), generator=generator), torch.randint(0, 7, (120,), generator=generator)
+    predicted = knn_predictions(bank, bank_labels, queries, k=20, num_classes=7)
+    top1 = knn_classify(bank, bank_labels, queries, query_labels, ks=(20,), num_classes=7)[20]["top1"]
+    assert predicted.shape == (120,)
+    assert 100.0 * (predicted == query_labels).float().mean().item() == pytest.approx(top1)
+
+
+def test_paired_bootstrap_interval_brackets_the_gain():
+    same = torch.rand(500, generator=torch.Generator().manual_seed(0)) < 0.3
+    assert paired_bootstrap_interval(same, same) == (0.0, 0.0)
+    assert paired_bootstrap_interval(torch.ones(50, dtype=torch.bool), torch.zeros(50, dtype=torch.bool)) == (100.0, 100.0)
+    # a fixes 60 of b's 1,000 mistakes-or-not and breaks 20: true gain +4 points, SE about 0.8.
+    b = torch.rand(1000, generator=torch.Generator().manual_seed(1)) < 0.3
+    a = b.clone()
+    a[:60], a[60:80] = True, False
+    a[:60] |= b[:60]
+    gain = 100.0 * (a.float().mean() - b.float().mean()).item()
+    low, high = paired_bootstrap_interval(a, b)
+    assert low < gain < high and 1.5 < high - low < 5.0
+    with pytest.raises(ValueError):
+        paired_bootstrap_interval(a, b[:10])

@@ -43,8 +43,11 @@ def run(args: argparse.Namespace) -> int:
         raise ConfigError(f"--stop-after-epochs: must be >= 1, got {args.stop_after_epochs}")
     result = train(config, output, init_from=args.init_from, stop_after_epochs=args.stop_after_epochs)
     if result.knn is not None:
-        print(f"k-NN top-1 (k=20, T=0.07) on the held-out sample: trained teacher {result.knn['trained']:.1f}% "
-              f"vs. random init {result.knn['random_init']:.1f}%")
+        knn = result.knn
+        low, high = knn["gain_ci95"]
+        print(f"k-NN top-1 (k=20, T=0.07) on the held-out sample: trained teacher {knn['trained']:.1f}% "
+              f"vs. random init {knn['random_init']:.1f}% (gain {knn['trained'] - knn['random_init']:+.1f} points, "
+              f"95% bootstrap interval {low:+.1f} to {high:+.1f})")
     if result.epochs_done < config.train.epochs:
         print(f"stopped after epoch {result.epochs_done} of {config.train.epochs}; run the same command to resume")
     print(f"run folder: {result.output_dir}")

@@ -168,6 +168,36 @@ def knn_classify(
     return {k: {"top1": 100.0 * top1 / total, "top5": 100.0 * top5 / total} for k, (top1, top5) in hits.items()}
 
 
+@torch.no_grad()
+def knn_predictions(
+    bank: torch.Tensor, bank_labels: torch.Tensor, queries: torch.Tensor, k: int, num_classes: int,
+    temperature: float = 0.07,
+) -> torch.Tensor:
+    """(M,) top-1 class of each query under the weighted k-NN vote (k reduced to the bank size)."""
+    if bank.shape[0] == 0 or queries.shape[0] == 0:
+        raise ValueError("k-NN needs a non-empty bank and at least one query")
+    kk = min(k, bank.shape[0])
+    sims, idx = nearest_neighbours(bank, queries, kk)
+    neighbour_labels = bank_labels.to(bank.device).long()[idx]
+    return ranked_classes(class_scores(sims, neighbour_labels, num_classes, temperature))[:, 0]
+
+
+def paired_bootstrap_interval(
+    correct_a: torch.Tensor, correct_b: torch.Tensor, resamples: int = 2000, level: float = 0.95, seed: int = 0
+) -> tuple[float, float]:
+    """Percentile bootstrap interval (percentage points) of accuracy(a) - accuracy(b), both (M,)
+    bool over the same queries, resampling the queries with replacement."""
+    if correct_a.shape != correct_b.shape or correct_a.ndim != 1 or len(correct_a) == 0:
+        raise ValueError("need two equally long, non-empty 1-D vectors of per-query outcomes")
+    difference = correct_a.float().cpu() - correct_b.float().cpu()
+    generator = torch.Generator().manual_seed(seed)
+    draws = torch.randint(0, len(difference), (resamples, len(difference)), generator=generator)
+    gains = 100.0 * difference[draws].mean(dim=1)
+    tail = (1.0 - level) / 2
+    low, high = torch.quantile(gains, torch.tensor([tail, 1.0 - tail])).tolist()
+    return low, high
+
+
 @dataclass(frozen=True)
 class KnnSettings:
     """The k-NN protocol's settings (DINO's defaults); chunks bound the similarity tiles."""

@@ -21,12 +21,19 @@ class SampleKnnMonitor:
         self.device, self.k, self.temperature = device, k, temperature
 
     @torch.no_grad()
-    def top1(self, backbone: nn.Module) -> float:
-        """Weighted k-NN top-1 (percent) of ``backbone`` on the held-out images."""
+    def correct(self, backbone: nn.Module) -> torch.Tensor:
+        """(queries,) bool: whether the weighted k-NN vote of ``backbone``'s features gets each
+        held-out image's class right."""
         from dinossl.eval.features import extract_features
-        from dinossl.eval.knn import knn_classify
+        from dinossl.eval.knn import knn_predictions
 
         bank, bank_labels = extract_features(backbone, self.bank_source, self.transform, device=self.device)
         queries, query_labels = extract_features(backbone, self.query_source, self.transform, device=self.device)
-        result = knn_classify(bank, bank_labels, queries, query_labels, ks=(self.k,), temperature=self.temperature)
-        return result[self.k]["top1"]
+        num_classes = int(max(bank_labels.max().item(), query_labels.max().item())) + 1
+        predicted = knn_predictions(bank, bank_labels, queries, self.k, num_classes, self.temperature)
+        return predicted.cpu() == query_labels.cpu().long()
+
+    def top1(self, backbone: nn.Module) -> float:
+        """Weighted k-NN top-1 (percent) of ``backbone`` on the held-out images."""
+        correct = self.correct(backbone)
+        return 100.0 * int(correct.sum()) / len(correct)

@@ -31,6 +31,7 @@ from dinossl.data import (
 )
 from dinossl.data.batched_crops import BatchedCropLoader, images_in_memory
 from dinossl.errors import CheckpointError, DataError, DinoError
+from dinossl.eval.knn import paired_bootstrap_interval
 from dinossl.models import MultiCropNetwork, build_network
 from dinossl.objective import CollapseMonitor, DINOLoss, cosine_schedule, teacher_temperature_schedule
 from dinossl.train.checkpoint import CHECKPOINT_NAME, backbone_state_dict, export_backbone, save_checkpoint
@@ -104,7 +105,7 @@ class TrainResult:
     output_dir: Path
     epochs_done: int
     last_epoch: dict[str, float]
-    knn: Optional[dict[str, float]]
+    knn: Optional[dict[str, Any]]  # random_init, trained (percent), gain_ci95 [low, high] (points)
     exported: list[Path]
 
 
@@ -421,7 +422,10 @@ def knn_against_random_init(run: Run, monitor: SampleKnnMonitor) -> dict[str, fl
     random initialisation (rebuilt from the run's seed, exactly as the run started)."""
     torch.manual_seed(run.config.train.seed)
     random_init = build_network(run.config.model, student=True).backbone.to(run.ctx.device)
-    results = {"random_init": monitor.top1(random_init), "trained": monitor.top1(run.teacher.backbone)}
+    random_correct, trained_correct = monitor.correct(random_init), monitor.correct(run.teacher.backbone)
+    low, high = paired_bootstrap_interval(trained_correct, random_correct)
+    results = {"random_init": 100.0 * int(random_correct.sum()) / len(random_correct),
+               "trained": 100.0 * int(trained_correct.sum()) / len(trained_correct), "gain_ci95": [low, high]}
     run.run_log.write({"kind": "result", "metric": "knn_top1_k20", **results,
                        "bank_images": len(monitor.bank_source), "query_images": len(monitor.query_source)})
     return results
