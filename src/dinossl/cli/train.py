@@ -45,9 +45,9 @@ def run(args: argparse.Namespace) -> int:
     if result.knn is not None:
         knn = result.knn
         low, high = knn["gain_ci95"]
-        print(f"k-NN top-1 (k=20, T=0.07) on the held-out sample: trained teacher {knn['trained']:.1f}% "
-              f"vs. random init {knn['random_init']:.1f}% (gain {knn['trained'] - knn['random_init']:+.1f} points, "
-              f"95% bootstrap interval {low:+.1f} to {high:+.1f})")
+        print(f"k-NN top-1 (k=20, T=0.07) on the held-out sample: trained teacher {knn['trained']:.2f}% "
+              f"vs. random init {knn['random_init']:.2f}% (gain {knn['trained'] - knn['random_init']:+.2f} points, "
+              f"95% bootstrap interval {low:+.2f} to {high:+.2f})")
     if result.epochs_done < config.train.epochs:
         print(f"stopped after epoch {result.epochs_done} of {config.train.epochs}; run the same command to resume")
     print(f"run folder: {result.output_dir}")
