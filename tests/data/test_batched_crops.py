@@ -149,8 +149,8 @@ def test_folder_of_equal_images_loads_into_memory_and_skips_unreadable(tmp_path)
     for index in range(3):
         Image.new("RGB", (24, 20), (index * 40, 0, 0)).save(tmp_path / f"{index}.png")
     (tmp_path / "broken.png").write_bytes(b"not a png")
-    array = images_in_memory(ImageFolder(tmp_path))
-    assert array.pixels.shape == (3, 20, 24, 3) and (array.labels == -1).all()
+    array, skipped = images_in_memory(ImageFolder(tmp_path))
+    assert array.pixels.shape == (3, 20, 24, 3) and (array.labels == -1).all() and skipped == 1
 
 
 def test_folder_of_mixed_sizes_is_refused_naming_the_file(tmp_path):

@@ -160,3 +160,15 @@ def test_knn_against_random_init_reports_a_bootstrap_interval(tmp_path, tiny_ima
     assert 15.0 < result["random_init"] < 45.0  # 10 classes: well above chance for the sample
     records = [json.loads(line) for line in (tmp_path / "run" / "log.jsonl").read_text().splitlines()]
     assert records[-1]["kind"] == "result" and records[-1]["query_images"] == 300
+
+
+def test_batched_crops_count_unreadable_images_in_the_log(tmp_path, tiny_image_folder):
+    import shutil
+
+    folder = tmp_path / "images"
+    shutil.copytree(tiny_image_folder, folder)
+    next(folder.glob("*/*.png")).write_bytes(b"not an image")
+    train(tiny_config(folder, "data.geometric=batched"), tmp_path / "run")
+    records = [json.loads(line) for line in (tmp_path / "run" / "log.jsonl").read_text().splitlines()]
+    warnings = [r for r in records if r["kind"] == "warning"]
+    assert len(warnings) == 1 and warnings[0]["skipped_images"] == 1 and "unreadable" in warnings[0]["message"]

@@ -50,11 +50,11 @@ ASPECT_RATIO = (3.0 / 4.0, 4.0 / 3.0)
 TRIES = 10
 
 
-def images_in_memory(source: ArrayImages | ImageFolder) -> ArrayImages:
-    """The source as one uint8 array; a folder is decoded once (unreadable files skipped and
-    counted) and must hold images of a single size."""
+def images_in_memory(source: ArrayImages | ImageFolder) -> tuple[ArrayImages, int]:
+    """The source as one uint8 array, and the number of unreadable files skipped; a folder is
+    decoded once and must hold images of a single size."""
     if isinstance(source, ArrayImages):
-        return source
+        return source, 0
     pixels, labels, skipped, shape = [], [], 0, None
     for index in range(len(source)):
         try:
@@ -73,11 +73,9 @@ def images_in_memory(source: ArrayImages | ImageFolder) -> ArrayImages:
             )
         pixels.append(array)
         labels.append(label)
-    if skipped:
-        log.warning("skipped %d unreadable images while loading %s into memory", skipped, source.root)
     if not pixels:
         raise DataError(f"no readable image in {source.root}")
-    return ArrayImages(np.stack(pixels), np.asarray(labels), getattr(source, "classes", []))
+    return ArrayImages(np.stack(pixels), np.asarray(labels), getattr(source, "classes", [])), skipped
 
 
 def random_resized_boxes(

@@ -143,6 +143,9 @@ def build_run(config: Config, output_dir: str | Path, init_from: Optional[str] =
 
     source = open_images(config.data.path, "train")
     tcfg = config.train
+    skipped_at_load = 0
+    if config.data.geometric == "batched":  # decode once; unreadable files are dropped here
+        source, skipped_at_load = images_in_memory(source)
     sampler = ShardedEpochSampler(len(source), tcfg.batch_size_per_process, ctx.rank, ctx.world_size, tcfg.seed)
     if sampler.steps_per_epoch == 0:
         raise DataError(
@@ -150,8 +153,7 @@ def build_run(config: Config, output_dir: str | Path, init_from: Optional[str] =
             f"{tcfg.batch_size_per_process * ctx.world_size}; lower train.batch_size_per_process"
         )
     if config.data.geometric == "batched":
-        loader = BatchedCropLoader(images_in_memory(source), sampler, tcfg.batch_size_per_process,
-                                   config.data.crops, tcfg.seed)
+        loader = BatchedCropLoader(source, sampler, tcfg.batch_size_per_process, config.data.crops, tcfg.seed)
     else:
         dataset = MultiCropDataset(source, build_multicrop_transform(config.data), tcfg.seed)
         loader = build_train_loader(
@@ -200,6 +202,9 @@ def build_run(config: Config, output_dir: str | Path, init_from: Optional[str] =
         lr=lr, weight_decay=weight_decay, momentum=momentum, teacher_temp=teacher_temp,
         run_log=RunLog(output_dir, enabled=ctx.is_main), collapse=CollapseMonitor(out_dim=config.model.out_dim),
     )
+    if skipped_at_load:
+        run.run_log.warn(f"skipped {skipped_at_load} unreadable images while loading {config.data.path} into memory",
+                         skipped_images=skipped_at_load)
     if checkpoint is not None:
         _restore(run, checkpoint)
     elif ctx.is_main:
