@@ -1,17 +1,22 @@
 """A short CPU pretraining must make the teacher's features measurably better than random init.
 
-What DINO optimises is agreement between augmented views of one image. The test trains the
-default preset for ``LEARNING_EPOCHS`` epochs on the package's sample, then, on 1,000 of the
-sample's held-out images (never trained on), embeds two independently augmented global views
-of each image with the teacher backbone ([CLS], L2-normalised) and ranks, for every first view,
-all 1,000 second views by cosine similarity. The score is the mean percentile at which the
-image's own second view ranks (50 = chance, 100 = always first). The same score for the same
-network at random initialisation is the baseline.
+The test trains the default preset for ``LEARNING_EPOCHS`` epochs on the package's CIFAR-10
+sample and checks two things against the same network at its random initialisation:
 
-Measured on a 2-core AMD EPYC (README, "The default run"): random init 70.55, after 2 epochs
-78.34 (this test, 280 s); the assertion asks for half the measured gain (+3.9, rounded to 4). The weighted k-NN top-1 of
-the same two networks on the held-out images is printed, not asserted: within a CPU test's
-budget it moves by about a point (README), less than its noise.
+1. k-NN: the weighted k-NN top-1 (k = 20, T = 0.07) of the teacher's [CLS] on the sample's
+   2,000 held-out images, bank = its 10,000 training images (what ``dino train`` prints).
+2. View retrieval, what DINO optimises: on 1,000 held-out images (never trained on), two
+   independently augmented global views of each image are embedded ([CLS], L2-normalised) and,
+   for every first view, all 1,000 second views are ranked by cosine similarity. The score is
+   the mean percentile at which the image's own second view ranks (50 = chance, 100 = first).
+
+Measured on a 2-core AMD EPYC (2 epochs, deterministic on one machine: the same run through
+``dinossl.train.train`` gave identical per-epoch statistics): k-NN 28.95 % at random init,
+31.10 % trained (+2.15; 95 % bootstrap interval of the gain -0.05 to +4.30, so after 2 epochs
+the k-NN gain is real but not yet certain: README, "The default run", for the 5-epoch figure);
+view retrieval 60.81 at random init, 67.70 trained (+6.89). The assertions ask for about half
+of each measured gain: +1.0 k-NN points and +3.5 percentile points. About 4 minutes of
+training on 2 idle cores.
 """
 
 from __future__ import annotations
@@ -29,8 +34,9 @@ from dinossl.models import build_network
 from dinossl.train import train
 
 LEARNING_EPOCHS = 2
-RANDOM_INIT_PERCENTILE = 70.55  # measured, see the module docstring
-REQUIRED_GAIN = 4.0  # percentile points; half the measured gain of 7.79
+RANDOM_INIT_PERCENTILE = 60.81  # measured, see the module docstring
+REQUIRED_GAIN = 3.5  # percentile points; about half the measured gain
+KNN_REQUIRED_GAIN = 1.0  # k-NN top-1 points; about half the measured gain
 QUERIES = 1000
 
 
@@ -64,7 +70,7 @@ def test_partner_percentile_is_100_for_identical_views_and_50_for_unrelated():
 
 
 @pytest.mark.slow
-def test_short_pretraining_makes_views_of_unseen_images_find_each_other(tmp_path: Path):
+def test_short_pretraining_lifts_knn_and_view_retrieval_over_random_init(tmp_path: Path):
     torch.set_num_threads(2)
     config = load_config("vit-tiny-cifar", overrides=[
         f"train.epochs={LEARNING_EPOCHS}", "train.progress_bar=false", "train.knn_at_end=true"])
@@ -77,7 +83,10 @@ def test_short_pretraining_makes_views_of_unseen_images_find_each_other(tmp_path
 
     random_score = partner_percentile(random_init, first, second)
     trained_score = partner_percentile(teacher, first, second)
+    knn = result.knn
     print(f"partner view percentile: trained {trained_score:.2f} vs random init {random_score:.2f}; "
-          f"k-NN top-1 (k=20): trained {result.knn['trained']:.2f} vs random init {result.knn['random_init']:.2f}")
+          f"k-NN top-1 (k=20): trained {knn['trained']:.2f} vs random init {knn['random_init']:.2f} "
+          f"(95% interval of the gain {knn['gain_ci95'][0]:+.2f} to {knn['gain_ci95'][1]:+.2f})")
     assert abs(random_score - RANDOM_INIT_PERCENTILE) < 2.0, "the baseline moved: re-measure the thresholds"
     assert trained_score >= random_score + REQUIRED_GAIN
+    assert knn["trained"] >= knn["random_init"] + KNN_REQUIRED_GAIN
