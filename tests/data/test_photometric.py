@@ -288,8 +288,8 @@ def test_config_validates_the_place():
         load_config(overrides=["data.photometric=gpu"])
 
 
-@pytest.mark.parametrize("place", ["device", "loader"])
-def test_training_runs_with_either_photometric_place(tmp_path, tiny_image_folder, monkeypatch, place):
+@pytest.mark.parametrize("place, geometric", [("device", "per_image"), ("device", "batched"), ("loader", "per_image")])
+def test_training_runs_with_either_photometric_place(tmp_path, tiny_image_folder, monkeypatch, place, geometric):
     import json
 
     from dinossl.data import photometric
@@ -305,7 +305,8 @@ def test_training_runs_with_either_photometric_place(tmp_path, tiny_image_folder
 
     monkeypatch.setattr(photometric, "apply_photometric", counting)
     config = load_config("vit-tiny-cifar", overrides=TINY_OVERRIDES + [f"data.path={tiny_image_folder}",
-                                                                       f"data.photometric={place}"])
+                                                                       f"data.photometric={place}",
+                                                                       f"data.geometric={geometric}"])
     train(config, tmp_path / "run")
     steps = 64 // 16
     if place == "device":
