@@ -67,6 +67,7 @@ def _median_time(work: Callable[[], None], repeats: int, sync: Callable[[], None
 
 def _measure(name: str, source, crops, num_images: int, batch: int, repeats: int, device: torch.device) -> dict:
     from dinossl.data import GeometricMultiCrop, MultiCropAugmentation, MultiCropDataset, collate_crops, to_model_input
+    from dinossl.data.batched_crops import BatchedMultiCrops
 
     num_images = min(num_images, len(source))
     batches = [range(start, min(start + batch, num_images)) for start in range(0, num_images, batch)]
@@ -87,12 +88,22 @@ def _measure(name: str, source, crops, num_images: int, batch: int, repeats: int
         for indices in batches:
             raw_batches.append(collate_crops([device_mode[(i, 0)] for i in indices])[0])
 
-    def run_device_part():
-        for views in raw_batches:
-            for view in views:
-                to_model_input(view, device)
+    def photometric_step(batches_of_views: list) -> Callable[[], None]:
+        """The device-side photometric step over already-cut batches (device and batched modes)."""
+        def run():
+            for views in batches_of_views:
+                for view in views:
+                    to_model_input(view, device)
+        return run
 
-    from dinossl.data.batched_crops import BatchedMultiCrops
+    def two_parts(first: str, first_s: float, first_all: list, second_s: float, second_all: list) -> dict:
+        """JSON record of a mode made of a cropping part and the photometric step."""
+        return {
+            first: {"median_s": first_s, "crops_per_s": total_crops / first_s, "times_s": first_all},
+            "device_part": {"median_s": second_s, "crops_per_s": total_crops / second_s, "times_s": second_all,
+                            "device": str(device)},
+            "total_crops_per_s": total_crops / (first_s + second_s),
+        }
 
     pixels = torch.from_numpy(np.stack([np.asarray(source.load(i)[0]) for i in range(num_images)]))
     pixels = pixels.permute(0, 3, 1, 2).contiguous()
@@ -105,17 +116,12 @@ def _measure(name: str, source, crops, num_images: int, batch: int, repeats: int
         for indices in batches:
             batched_views.append(batched_crops(pixels[indices.start:indices.stop], generator))
 
-    def run_batched_device_part():
-        for views in batched_views:
-            for view in views:
-                to_model_input(view, device)
-
     loader_s, loader_all = _median_time(run_loader_mode, repeats, sync)
     batched_crop_s, batched_crop_all = _median_time(run_batched_crop_part, repeats, sync)
-    batched_photometric_s, batched_photometric_all = _median_time(run_batched_device_part, repeats, sync)
+    batched_photometric_s, batched_photometric_all = _median_time(photometric_step(batched_views), repeats, sync)
     batched_total_s = batched_crop_s + batched_photometric_s
     geometric_s, geometric_all = _median_time(run_device_loader_part, repeats, sync)
-    photometric_s, photometric_all = _median_time(run_device_part, repeats, sync)
+    photometric_s, photometric_all = _median_time(photometric_step(raw_batches), repeats, sync)
     device_total_s = geometric_s + photometric_s
     return {
         "workload": name,
@@ -124,20 +130,9 @@ def _measure(name: str, source, crops, num_images: int, batch: int, repeats: int
         "batch": batch,
         "total_crops": total_crops,
         "loader_mode": {"median_s": loader_s, "crops_per_s": total_crops / loader_s, "times_s": loader_all},
-        "device_mode": {
-            "loader_part": {"median_s": geometric_s, "crops_per_s": total_crops / geometric_s,
-                            "times_s": geometric_all},
-            "device_part": {"median_s": photometric_s, "crops_per_s": total_crops / photometric_s,
-                            "times_s": photometric_all, "device": str(device)},
-            "total_crops_per_s": total_crops / device_total_s,
-        },
-        "batched_mode": {
-            "crop_part": {"median_s": batched_crop_s, "crops_per_s": total_crops / batched_crop_s,
-                          "times_s": batched_crop_all},
-            "device_part": {"median_s": batched_photometric_s, "crops_per_s": total_crops / batched_photometric_s,
-                            "times_s": batched_photometric_all, "device": str(device)},
-            "total_crops_per_s": total_crops / batched_total_s,
-        },
+        "device_mode": two_parts("loader_part", geometric_s, geometric_all, photometric_s, photometric_all),
+        "batched_mode": two_parts("crop_part", batched_crop_s, batched_crop_all, batched_photometric_s,
+                                  batched_photometric_all),
         "ratios": {
             "loader_work_removed": loader_s / geometric_s,  # loader-side crops/s, device mode over loader mode
             "end_to_end": loader_s / device_total_s,  # both parts on this machine, device mode over loader mode
