@@ -37,7 +37,7 @@ from dinossl.eval.protocols import (
     LINEAR_AUGMENTED, LINEAR_CACHED, ImageSettings, default_spec, knn_protocol, linear_protocol,
 )
 from dinossl.eval.results import check_output, format_table, write_results
-from dinossl.train.distributed import init_distributed
+from dinossl.runtime.distributed import init_distributed
 from dinossl.weights import load_backbone
 
 log = logging.getLogger("dinossl")

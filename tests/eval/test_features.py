@@ -134,7 +134,7 @@ def _worker(rank: int, world_size: int, port: int, out: str, data: str, weights:
     torch.set_num_threads(1)
     from dinossl.eval.knn import KnnSettings
     from dinossl.eval.protocols import EvalTarget, ImageSettings, run_knn
-    from dinossl.train.distributed import init_distributed, shutdown_distributed
+    from dinossl.runtime.distributed import init_distributed, shutdown_distributed
 
     ctx = init_distributed("cpu", timeout_s=60)
     vit = tiny_vit()

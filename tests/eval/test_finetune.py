@@ -19,7 +19,7 @@ from dinossl.eval.finetune import (
 )
 from dinossl.eval.supervised import evaluation_loader, training_loader
 from dinossl.models import build_vit
-from dinossl.train.distributed import DistContext
+from dinossl.runtime.distributed import DistContext
 
 CPU = DistContext(0, 1, 0, torch.device("cpu"))
 

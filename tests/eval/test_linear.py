@@ -15,7 +15,7 @@ from dinossl.eval.linear import LinearClassifier, LinearSettings, loader_batches
 from dinossl.eval.protocols import ImageSettings, default_spec, linear_protocol
 from dinossl.eval.supervised import summarise, training_loader
 from dinossl.models import build_vit
-from dinossl.train.distributed import DistContext
+from dinossl.runtime.distributed import DistContext
 
 CPU = DistContext(0, 1, 0, torch.device("cpu"))
 

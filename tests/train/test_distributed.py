@@ -135,7 +135,7 @@ def test_resume_with_another_global_batch_warns_and_rescales(tmp_path, tiny_imag
 def test_batchnorm_is_synchronised_on_gpus_only(monkeypatch):
     from torch import nn
 
-    from dinossl.train.distributed import synchronize_batchnorm
+    from dinossl.runtime.distributed import synchronize_batchnorm
 
     model = nn.Sequential(nn.Linear(2, 2), nn.BatchNorm1d(2))
     assert synchronize_batchnorm(model, torch.device("cpu")) is model  # gloo: SyncBatchNorm needs CUDA

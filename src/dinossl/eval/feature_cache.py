@@ -20,7 +20,7 @@ import torch
 
 from dinossl.errors import DataError
 from dinossl.safe_files import write_atomic
-from dinossl.train.distributed import DistContext, all_reduce, barrier
+from dinossl.runtime.distributed import DistContext, all_reduce, barrier
 
 log = logging.getLogger("dinossl")
 

@@ -19,7 +19,7 @@ from torch.utils.data import DataLoader, Dataset, Subset
 
 from dinossl.data.images import ImageSource, UnreadableImage
 from dinossl.errors import DinoError
-from dinossl.train.distributed import DistContext
+from dinossl.runtime.distributed import DistContext
 
 log = logging.getLogger("dinossl")
 

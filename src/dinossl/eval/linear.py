@@ -26,7 +26,7 @@ from dinossl.eval.features import FeatureSpec
 from dinossl.eval.supervised import accuracy, set_loader_epoch
 from dinossl.eval.validation import require_non_negative, require_positive
 from dinossl.objective.schedules import cosine_schedule
-from dinossl.train.distributed import DistContext
+from dinossl.runtime.distributed import DistContext
 
 log = logging.getLogger("dinossl")
 

@@ -33,7 +33,7 @@ from dinossl.eval.linear import (
 from dinossl.eval.results import check_output, write_results
 from dinossl.eval.supervised import evaluation_loader, summarise, training_loader
 from dinossl.eval.validation import require_non_negative, require_positive
-from dinossl.train.distributed import DistContext, all_reduce, barrier, init_distributed, shutdown_distributed
+from dinossl.runtime.distributed import DistContext, all_reduce, barrier, init_distributed, shutdown_distributed
 
 log = logging.getLogger("dinossl")
 

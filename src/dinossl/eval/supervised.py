@@ -9,7 +9,7 @@ import torch
 from torch.utils.data import DataLoader, Dataset, DistributedSampler, RandomSampler, Subset
 
 from dinossl.eval.features import collate_indexed, shard_indices
-from dinossl.train.distributed import DistContext, all_reduce
+from dinossl.runtime.distributed import DistContext, all_reduce
 
 
 def per_process_batch(global_batch: int, ctx: DistContext) -> int:

@@ -12,7 +12,7 @@ import torch
 from torch import distributed as dist
 
 from dinossl.errors import DinoError
-from dinossl.train.distributed import all_reduce
+from dinossl.runtime.distributed import all_reduce
 
 
 class NonFiniteLoss(DinoError):

@@ -30,20 +30,22 @@ from dinossl.data import (
     to_model_input,
 )
 from dinossl.data.batched_crops import BatchedCropLoader, images_in_memory
-from dinossl.errors import CheckpointError, DataError, DinoError
+from dinossl.errors import CheckpointError, DataError
 from dinossl.eval.knn import paired_bootstrap_interval
 from dinossl.models import MultiCropNetwork, build_network
 from dinossl.objective import CollapseMonitor, DINOLoss, cosine_schedule, teacher_temperature_schedule
 from dinossl.train.checkpoint import CHECKPOINT_NAME, backbone_state_dict, export_backbone, save_checkpoint
-from dinossl.train.distributed import (
+from dinossl.runtime.distributed import (
     DistContext,
     PeerFailure,
     all_reduce,
     barrier,
     init_distributed,
+    is_peer_failure,
     shutdown_distributed,
     synchronize_batchnorm,
 )
+from dinossl.runtime.precision import resolve_precision
 from dinossl.train.optim import (
     build_optimizer,
     clip_gradients_per_tensor,
@@ -107,19 +109,6 @@ class TrainResult:
     last_epoch: dict[str, float]
     knn: Optional[dict[str, Any]]  # random_init, trained (percent), gain_ci95 [low, high] (points)
     exported: list[Path]
-
-
-def resolve_precision(precision: str, device: torch.device) -> Optional[torch.dtype]:
-    """Autocast dtype, or None for fp32. "auto": bf16 on GPUs that have it, else fp16; fp32 on CPU."""
-    if precision == "fp32":
-        return None
-    if precision == "auto":
-        if device.type != "cuda":
-            return None
-        return torch.bfloat16 if torch.cuda.is_bf16_supported() else torch.float16
-    if precision == "fp16" and device.type != "cuda":
-        raise DinoError("train.precision=fp16 needs a CUDA device; use bf16 or fp32 on the CPU")
-    return torch.bfloat16 if precision == "bf16" else torch.float16
 
 
 def _seed_for_epoch(seed: int, epoch: int, rank: int) -> None:
@@ -344,7 +333,7 @@ def train(
             shutdown_distributed()
         return result
     except (RuntimeError, dist.DistError) as exc:
-        if run.ctx.distributed and _is_peer_failure(exc):
+        if run.ctx.distributed and is_peer_failure(exc):
             raise PeerFailure(
                 f"rank {run.ctx.rank}: lost contact with another process of the run "
                 f"({str(exc).strip().splitlines()[0][:200]}); the last checkpoint in {run.output_dir} is untouched"
@@ -352,13 +341,6 @@ def train(
         raise
     finally:
         run.run_log.close()
-
-
-def _is_peer_failure(exc: BaseException) -> bool:
-    if isinstance(exc, dist.DistError):
-        return True
-    text = str(exc).lower()
-    return any(word in text for word in ("gloo", "nccl", "connection", "timed out", "timeout", "peer"))
 
 
 def _knn_monitor(run: Run) -> Optional[SampleKnnMonitor]:

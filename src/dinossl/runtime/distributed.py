@@ -1,4 +1,5 @@
-"""Process-group setup for torchrun (one or many nodes) and for a plain single process."""
+"""Process-group setup for torchrun (one or many nodes) and for a plain single process, the
+collectives the package uses, and how a lost peer is recognised."""
 
 from __future__ import annotations
 
@@ -10,6 +11,7 @@ import torch
 from torch import distributed as dist
 
 from dinossl.errors import DinoError
+from dinossl.runtime.device import resolve_device
 
 
 class PeerFailure(DinoError):
@@ -38,19 +40,6 @@ class DistContext:
 def launched_by_torchrun() -> bool:
     """True when the environment carries torchrun's (or an equivalent launcher's) variables."""
     return all(name in os.environ for name in ("RANK", "WORLD_SIZE", "MASTER_ADDR", "MASTER_PORT"))
-
-
-def resolve_device(preference: str, local_rank: int) -> torch.device:
-    """"auto" -> this process's GPU when there is one, else the CPU."""
-    if preference == "auto":
-        return torch.device(f"cuda:{local_rank}") if torch.cuda.is_available() else torch.device("cpu")
-    device = torch.device(preference)
-    if device.type == "cuda":
-        if not torch.cuda.is_available():
-            raise DinoError(f"train.device={preference}: no CUDA device is available")
-        if device.index is None:
-            device = torch.device(f"cuda:{local_rank}")
-    return device
 
 
 def init_distributed(device_preference: str = "auto", timeout_s: int = 600) -> DistContext:
@@ -113,3 +102,11 @@ def synchronize_batchnorm(module: torch.nn.Module, device: torch.device) -> torc
     if device.type != "cuda":
         return module
     return torch.nn.SyncBatchNorm.convert_sync_batchnorm(module)
+
+
+def is_peer_failure(exc: BaseException) -> bool:
+    """Whether an exception raised inside a collective means another process died or hung."""
+    if isinstance(exc, dist.DistError):
+        return True
+    text = str(exc).lower()
+    return any(word in text for word in ("gloo", "nccl", "connection", "timed out", "timeout", "peer"))
