@@ -24,12 +24,12 @@ import torch
 from torch import nn
 
 from dinossl.errors import DinoError
-from dinossl.eval.davis import DavisLayout, object_ids, read_annotation, score_sequence, summarise
+from dinossl.eval.video.davis import DavisLayout, object_ids, read_annotation, score_sequence, summarise
 from dinossl.eval.frames import list_frames
-from dinossl.eval.masks import evaluate_masks, pair_images_with_masks
-from dinossl.eval.masks_figure import write_mask_report
+from dinossl.eval.attention.masks import evaluate_masks, pair_images_with_masks
+from dinossl.eval.attention.masks_figure import write_mask_report
 from dinossl.eval.output_folder import usable_output_folder
-from dinossl.eval.video import PropagationSettings, evaluate_davis
+from dinossl.eval.video.segmentation import PropagationSettings, evaluate_davis
 from dinossl.models import VIT_SIZES, ViTBackbone, build_vit
 from dinossl.weights import load_backbone
 

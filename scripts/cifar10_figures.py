@@ -30,10 +30,11 @@ import torch
 from dinossl.errors import DinoError
 from dinossl.eval.baselines import RawPixels, random_init_like
 from dinossl.eval.feature_cache import FeatureCache, file_identity
-from dinossl.eval.inputs import describe_backbone, open_splits
-from dinossl.eval.knn import KnnSettings
-from dinossl.eval.linear import LinearSettings
-from dinossl.eval.protocols import (
+from dinossl.eval.classification.labelled_splits import open_splits
+from dinossl.eval.backbones import describe_backbone
+from dinossl.eval.classification.knn import KnnSettings
+from dinossl.eval.classification.linear import LinearSettings
+from dinossl.eval.classification.protocols import (
     LINEAR_AUGMENTED, LINEAR_CACHED, ImageSettings, default_spec, knn_protocol, linear_protocol,
 )
 from dinossl.eval.results import check_output, format_table, write_results

@@ -132,8 +132,8 @@ def _worker(rank: int, world_size: int, port: int, out: str, data: str, weights:
     os.environ.update(RANK=str(rank), WORLD_SIZE=str(world_size), LOCAL_RANK=str(rank),
                       MASTER_ADDR="127.0.0.1", MASTER_PORT=str(port))
     torch.set_num_threads(1)
-    from dinossl.eval.knn import KnnSettings
-    from dinossl.eval.protocols import EvalTarget, ImageSettings, run_knn
+    from dinossl.eval.classification.knn import KnnSettings
+    from dinossl.eval.classification.protocols import EvalTarget, ImageSettings, run_knn
     from dinossl.runtime.distributed import init_distributed, shutdown_distributed
 
     ctx = init_distributed("cpu", timeout_s=60)
@@ -158,8 +158,8 @@ def _free_port() -> int:
 
 
 def test_two_processes_gather_the_single_process_features_in_order(tmp_path):
-    from dinossl.eval.knn import KnnSettings
-    from dinossl.eval.protocols import EvalTarget, ImageSettings, run_knn
+    from dinossl.eval.classification.knn import KnnSettings
+    from dinossl.eval.classification.protocols import EvalTarget, ImageSettings, run_knn
 
     data = _write_splits(tmp_path / "data")
     weights = tmp_path / "backbone.pth"

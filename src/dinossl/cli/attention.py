@@ -68,7 +68,7 @@ def register(subparsers: argparse._SubParsersAction) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
-    from dinossl.eval.attention_report import run_attention
+    from dinossl.eval.attention.report import run_attention
     from dinossl.eval.output_folder import usable_output_folder
 
     output = usable_output_folder(args.output or f"attention-{Path(args.input).stem}", args.force)

@@ -55,8 +55,8 @@ def register(subparsers: argparse._SubParsersAction) -> None:
 def run_masks(args: argparse.Namespace) -> int:
     from pathlib import Path
 
-    from dinossl.eval.masks import evaluate_masks, pair_images_with_masks
-    from dinossl.eval.masks_figure import write_mask_report
+    from dinossl.eval.attention.masks import evaluate_masks, pair_images_with_masks
+    from dinossl.eval.attention.masks_figure import write_mask_report
     from dinossl.eval.output_folder import usable_output_folder
 
     pairs = pair_images_with_masks(args.images, args.masks)
@@ -77,7 +77,7 @@ def run_masks(args: argparse.Namespace) -> int:
 
 def run_video(args: argparse.Namespace) -> int:
     from dinossl.eval.output_folder import usable_output_folder
-    from dinossl.eval.video import PropagationSettings, evaluate_davis
+    from dinossl.eval.video.segmentation import PropagationSettings, evaluate_davis
 
     settings = PropagationSettings(short_side=args.short_side, radius=None if args.radius < 0 else args.radius,
                                    topk=args.topk, context=args.context, temperature=args.temperature)

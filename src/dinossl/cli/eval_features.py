@@ -81,7 +81,7 @@ def register(subparsers: argparse._SubParsersAction) -> None:
 
 
 def _target(args: argparse.Namespace):
-    from dinossl.eval.protocols import EvalTarget
+    from dinossl.eval.classification.protocols import EvalTarget
 
     return EvalTarget(weights=args.weights, which=args.which, data=args.data, train=args.train, val=args.val,
                       device=args.device, output=args.output, overwrite=args.overwrite,
@@ -89,7 +89,7 @@ def _target(args: argparse.Namespace):
 
 
 def _images(args: argparse.Namespace):
-    from dinossl.eval.protocols import ImageSettings
+    from dinossl.eval.classification.protocols import ImageSettings
 
     return ImageSettings(resize=args.resize, crop=args.crop, batch_size=args.batch_size, num_workers=args.num_workers)
 
@@ -103,8 +103,8 @@ def _report(record) -> int:
 
 
 def run_knn(args: argparse.Namespace) -> int:
-    from dinossl.eval.knn import KnnSettings
-    from dinossl.eval.protocols import run_knn as run
+    from dinossl.eval.classification.knn import KnnSettings
+    from dinossl.eval.classification.protocols import run_knn as run
 
     settings = KnnSettings(ks=tuple(args.k), temperature=args.temperature, query_chunk=args.query_chunk,
                            bank_chunk=args.bank_chunk)
@@ -112,8 +112,8 @@ def run_knn(args: argparse.Namespace) -> int:
 
 
 def run_linear(args: argparse.Namespace) -> int:
-    from dinossl.eval.linear import LinearSettings
-    from dinossl.eval.protocols import run_linear as run
+    from dinossl.eval.classification.linear import LinearSettings
+    from dinossl.eval.classification.protocols import run_linear as run
 
     settings = LinearSettings(epochs=args.epochs, base_lr=args.lr, batch_size=args.batch_size,
                               weight_decay=args.weight_decay, eval_every=args.eval_every,
@@ -122,8 +122,8 @@ def run_linear(args: argparse.Namespace) -> int:
 
 
 def run_finetune(args: argparse.Namespace) -> int:
-    from dinossl.eval.finetune import FinetuneSettings
-    from dinossl.eval.protocols import run_finetune as run
+    from dinossl.eval.classification.finetune import FinetuneSettings
+    from dinossl.eval.classification.protocols import run_finetune as run
 
     settings = FinetuneSettings(
         epochs=args.epochs, base_lr=args.lr, min_lr=args.min_lr, batch_size=args.batch_size,

@@ -25,7 +25,7 @@ class SampleKnnMonitor:
         """(queries,) bool: whether the weighted k-NN vote of ``backbone``'s features gets each
         held-out image's class right."""
         from dinossl.eval.features import extract_features
-        from dinossl.eval.knn import knn_predictions
+        from dinossl.eval.classification.knn import knn_predictions
 
         bank, bank_labels = extract_features(backbone, self.bank_source, self.transform, device=self.device)
         queries, query_labels = extract_features(backbone, self.query_source, self.transform, device=self.device)

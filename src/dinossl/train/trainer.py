@@ -31,7 +31,7 @@ from dinossl.data import (
 )
 from dinossl.data.batched_crops import BatchedCropLoader, images_in_memory
 from dinossl.errors import CheckpointError, DataError
-from dinossl.eval.knn import paired_bootstrap_interval
+from dinossl.eval.classification.knn import paired_bootstrap_interval
 from dinossl.models import MultiCropNetwork, build_network
 from dinossl.objective import CollapseMonitor, DINOLoss, cosine_schedule, teacher_temperature_schedule
 from dinossl.train.checkpoint import CHECKPOINT_NAME, backbone_state_dict, export_backbone, save_checkpoint

@@ -10,10 +10,10 @@ from torch.utils.data import TensorDataset
 from dinossl.data.images import ArrayImages
 from dinossl.errors import DinoError
 from dinossl.eval.baselines import RawPixels
-from dinossl.eval.inputs import LabelledSplits
-from dinossl.eval.linear import LinearClassifier, LinearSettings, loader_batches, train_linear_classifier
-from dinossl.eval.protocols import ImageSettings, default_spec, linear_protocol
-from dinossl.eval.supervised import summarise, training_loader
+from dinossl.eval.classification.labelled_splits import LabelledSplits
+from dinossl.eval.classification.linear import LinearClassifier, LinearSettings, loader_batches, train_linear_classifier
+from dinossl.eval.classification.protocols import ImageSettings, default_spec, linear_protocol
+from dinossl.eval.classification.supervised import summarise, training_loader
 from dinossl.models import build_vit
 from dinossl.runtime.distributed import DistContext
 

@@ -22,7 +22,7 @@ import numpy as np
 from PIL import Image, UnidentifiedImageError
 
 from dinossl.errors import DataError
-from dinossl.eval.vos_metrics import contour_accuracy, region_similarity
+from dinossl.eval.mask_metrics import contour_accuracy, region_similarity
 
 log = logging.getLogger("dinossl")
 

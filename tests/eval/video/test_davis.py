@@ -9,8 +9,8 @@ import pytest
 from PIL import Image
 
 from dinossl.errors import DataError
-from dinossl.eval.davis import DavisLayout, palette, read_annotation, score_sequence, summarise, write_annotation
-from dinossl.eval.vos_metrics import boundary, contour_accuracy, dilate, region_similarity, tolerance_pixels
+from dinossl.eval.video.davis import DavisLayout, palette, read_annotation, score_sequence, summarise, write_annotation
+from dinossl.eval.mask_metrics import boundary, contour_accuracy, dilate, region_similarity, tolerance_pixels
 
 
 def _square(shape, top, left, height, width):

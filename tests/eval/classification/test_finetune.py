@@ -14,10 +14,10 @@ from dinossl.data.images import ArrayImages
 from dinossl.errors import DinoError
 from dinossl.eval.baselines import RawPixels
 from dinossl.eval.features import TransformedImages
-from dinossl.eval.finetune import (
+from dinossl.eval.classification.finetune import (
     FinetuneModel, FinetuneSettings, finetune, finetune_train_transform, layer_index, parameter_groups, set_drop_path,
 )
-from dinossl.eval.supervised import evaluation_loader, training_loader
+from dinossl.eval.classification.supervised import evaluation_loader, training_loader
 from dinossl.models import build_vit
 from dinossl.runtime.distributed import DistContext
 

@@ -24,14 +24,15 @@ from dinossl.data.images import ImageFolder
 from dinossl.errors import DinoError
 from dinossl.eval.feature_cache import FeatureCache, Features, file_identity
 from dinossl.eval.features import FeatureSpec, TransformedImages, extract_features, feature_dim, shard_indices
-from dinossl.eval.finetune import FinetuneModel, FinetuneSettings, finetune, finetune_train_transform
-from dinossl.eval.inputs import LabelledSplits, describe_backbone, open_splits
-from dinossl.eval.knn import KnnSettings, knn_hits
-from dinossl.eval.linear import (
+from dinossl.eval.classification.finetune import FinetuneModel, FinetuneSettings, finetune, finetune_train_transform
+from dinossl.eval.classification.labelled_splits import LabelledSplits, open_splits
+from dinossl.eval.backbones import describe_backbone
+from dinossl.eval.classification.knn import KnnSettings, knn_hits
+from dinossl.eval.classification.linear import (
     LinearSettings, frozen_feature_batches, linear_train_transform, loader_batches, train_linear_classifier,
 )
 from dinossl.eval.results import check_output, write_results
-from dinossl.eval.supervised import evaluation_loader, summarise, training_loader
+from dinossl.eval.classification.supervised import evaluation_loader, summarise, training_loader
 from dinossl.eval.validation import require_non_negative, require_positive
 from dinossl.runtime.distributed import DistContext, all_reduce, barrier, init_distributed, shutdown_distributed
 

@@ -1,4 +1,4 @@
-"""What every evaluation reads: labelled train/val folders and a frozen backbone."""
+"""Labelled train/val image folders: the inputs of the classification protocols."""
 
 from __future__ import annotations
 
@@ -6,7 +6,6 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Optional
 
-from torch import nn
 
 from dinossl.data.images import ImageFolder
 from dinossl.errors import DataError, DinoError
@@ -71,15 +70,3 @@ def open_splits(
         detail = f"only in train: {only_train[:5]}, only in val: {only_val[:5]}" if only_train or only_val else "different order"
         raise DataError(f"train and val class folders differ ({detail}): {train_path} vs {val_path}")
     return splits
-
-
-def describe_backbone(backbone: nn.Module) -> dict[str, Any]:
-    """Architecture facts for the results file."""
-    info: dict[str, Any] = {"class": type(backbone).__name__,
-                            "parameters": sum(p.numel() for p in backbone.parameters())}
-    for attr in ("embed_dim", "patch_size"):
-        if hasattr(backbone, attr):
-            info[attr] = int(getattr(backbone, attr))
-    if hasattr(backbone, "blocks"):
-        info["depth"] = len(backbone.blocks)
-    return info

@@ -11,9 +11,9 @@ from PIL import Image
 from torch.nn import functional as F
 
 from dinossl.errors import ConfigError, DataError
-from dinossl.eval.davis import read_annotation, write_annotation
-from dinossl.eval.propagation import propagate_labels
-from dinossl.eval.video import PropagationSettings, evaluate_davis, labels_from_soft, one_hot_grid, segment_frames
+from dinossl.eval.video.davis import read_annotation, write_annotation
+from dinossl.eval.video.propagation import propagate_labels
+from dinossl.eval.video.segmentation import PropagationSettings, evaluate_davis, labels_from_soft, one_hot_grid, segment_frames
 
 
 def _dense_reference(target, sources, labels, radius, topk, temperature):

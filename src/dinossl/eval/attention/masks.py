@@ -22,11 +22,11 @@ from torch import nn
 from tqdm import tqdm
 
 from dinossl.errors import DataError
-from dinossl.eval.attention import DEFAULT_FRACTION, check_fraction, upsample
-from dinossl.eval.attention_report import ImageAttention, attend
+from dinossl.eval.attention.maps import DEFAULT_FRACTION, check_fraction, upsample
+from dinossl.eval.attention.report import ImageAttention, attend
 from dinossl.eval.frames import image_files
 from dinossl.eval.image_input import Geometry, open_image, plan_geometry
-from dinossl.eval.vos_metrics import region_similarity
+from dinossl.eval.mask_metrics import region_similarity
 
 log = logging.getLogger("dinossl")
 

@@ -10,10 +10,10 @@ from typing import Sequence
 
 import numpy as np
 
-from dinossl.eval.attention import upsample
-from dinossl.eval.attention_report import ImageAttention
-from dinossl.eval.masks import jaccard
-from dinossl.eval.overlay import mask_overlay
+from dinossl.eval.attention.maps import upsample
+from dinossl.eval.attention.report import ImageAttention
+from dinossl.eval.attention.masks import jaccard
+from dinossl.eval.attention.overlay import mask_overlay
 
 TRUTH_COLOUR = (40, 220, 60)
 

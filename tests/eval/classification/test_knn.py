@@ -8,7 +8,7 @@ import pytest
 import torch
 
 from dinossl.errors import DinoError
-from dinossl.eval.knn import (
+from dinossl.eval.classification.knn import (
     KnnSettings,
     class_scores,
     knn_classify,

@@ -8,11 +8,12 @@ import torch
 from PIL import Image
 
 from dinossl.errors import CheckpointError, ConfigError, DataError
-from dinossl.eval.attention import cls_attention, mass_mask, require_vit, upsample
-from dinossl.eval.attention_report import attend, attention_video, save_image_attention
+from dinossl.eval.attention.maps import cls_attention, mass_mask, upsample
+from dinossl.eval.backbones import require_vit
+from dinossl.eval.attention.report import attend, attention_video, save_image_attention
 from dinossl.eval.frames import common_size, list_frames, read_video, write_video
 from dinossl.eval.image_input import as_rgb, plan_geometry, read_rgb, to_input
-from dinossl.eval.overlay import heatmap_overlay, mask_overlay
+from dinossl.eval.attention.overlay import heatmap_overlay, mask_overlay
 from dinossl.models import build_vit
 
 

@@ -12,6 +12,7 @@ from torch import nn
 from torch.nn import functional as F
 
 from dinossl.errors import CheckpointError, ConfigError
+from dinossl.eval.backbones import require_vit
 
 DEFAULT_FRACTION = 0.6
 
@@ -21,15 +22,6 @@ def check_fraction(fraction: float) -> float:
     if not 0.0 < fraction <= 1.0:
         raise ConfigError(f"the mass fraction must be in (0, 1], got {fraction}")
     return fraction
-
-
-def require_vit(backbone: nn.Module) -> int:
-    """The patch size of a ViT backbone; CheckpointError for a backbone without attention (ResNet)."""
-    patch_size = getattr(backbone, "patch_size", None)
-    if not hasattr(backbone, "last_selfattention") or not isinstance(patch_size, int):
-        raise CheckpointError(f"a {type(backbone).__name__} backbone has no self-attention or patch tokens; "
-                              "attention maps and video segmentation need a ViT checkpoint")
-    return patch_size
 
 
 @torch.no_grad()

@@ -5,7 +5,7 @@ Frames are resized so the short side is 480 px and each side a multiple of the p
 L2-normalised, are the features. The first frame's ground truth, area-averaged onto the patch
 grid, gives soft one-hot labels; each later frame takes its labels from the first frame and
 the ``context`` previous frames (their predicted soft labels) through
-:func:`~dinossl.eval.propagation.propagate_labels`. The soft labels are upsampled
+:func:`~dinossl.eval.video.propagation.propagate_labels`. The soft labels are upsampled
 bilinearly to the frame size, each object's channel is min-max scaled (as in the reference
 evaluation), and the arg-max is the predicted object id.
 """
@@ -26,11 +26,11 @@ from torch.nn import functional as F
 from tqdm import tqdm
 
 from dinossl.errors import ConfigError, DataError
-from dinossl.eval.attention import require_vit
-from dinossl.eval.davis import DavisLayout, object_ids, read_annotation, score_sequence, summarise, write_annotation
+from dinossl.eval.backbones import require_vit
+from dinossl.eval.video.davis import DavisLayout, object_ids, read_annotation, score_sequence, summarise, write_annotation
 from dinossl.eval.frames import common_size, list_frames
 from dinossl.eval.image_input import as_rgb, open_image, plan_geometry, to_input
-from dinossl.eval.propagation import DEFAULT_RADIUS, DEFAULT_TEMPERATURE, DEFAULT_TOPK, propagate_labels
+from dinossl.eval.video.propagation import DEFAULT_RADIUS, DEFAULT_TEMPERATURE, DEFAULT_TOPK, propagate_labels
 
 log = logging.getLogger("dinossl")
 

@@ -23,7 +23,7 @@ from torchvision.transforms import InterpolationMode, v2
 
 from dinossl.data.augment import IMAGENET_MEAN, IMAGENET_STD
 from dinossl.eval.features import FeatureSpec
-from dinossl.eval.supervised import accuracy, set_loader_epoch
+from dinossl.eval.classification.supervised import accuracy, set_loader_epoch
 from dinossl.eval.validation import require_non_negative, require_positive
 from dinossl.objective.schedules import cosine_schedule
 from dinossl.runtime.distributed import DistContext

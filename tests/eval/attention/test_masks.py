@@ -9,8 +9,8 @@ import pytest
 from PIL import Image
 
 from dinossl.errors import DataError
-from dinossl.eval.masks import evaluate_masks, jaccard, pair_images_with_masks
-from dinossl.eval.masks_figure import write_mask_report
+from dinossl.eval.attention.masks import evaluate_masks, jaccard, pair_images_with_masks
+from dinossl.eval.attention.masks_figure import write_mask_report
 
 
 def test_jaccard_hand_made():
