@@ -1,6 +1,7 @@
 """`dino train` turns bad input into one error line and exit status 2, touching nothing."""
 
 import pytest
+import yaml
 
 from dinossl.cli import main
 from tests.conftest import TINY_OVERRIDES
@@ -63,3 +64,11 @@ def test_final_knn_line_states_the_gain_and_its_interval(tmp_path, capsys, monke
     out = capsys.readouterr().out
     assert ("trained teacher 32.50% vs. random init 28.95% (gain +3.55 points, "
             "95% bootstrap interval +2.10 to +5.00)") in out
+
+
+def test_a_config_file_without_a_preset_builds_on_the_default_preset(tmp_path, capsys):
+    config = tmp_path / "my.yaml"
+    config.write_text("optim:\n  base_lr: 0.002\n")
+    assert main(["train", "--config", str(config), "--print-config"]) == 0
+    printed = yaml.safe_load(capsys.readouterr().out)
+    assert printed["model"]["arch"] == "vit_tiny" and printed["optim"]["base_lr"] == 0.002

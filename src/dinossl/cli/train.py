@@ -4,7 +4,9 @@ from __future__ import annotations
 
 import argparse
 
-from dinossl.config import DEFAULT_PRESET, PRESETS, load_config
+import yaml
+
+from dinossl.config import DEFAULT_PRESET, file_preset, load_config, preset_names
 from dinossl.errors import ConfigError
 
 
@@ -16,7 +18,7 @@ def register(subparsers: argparse._SubParsersAction) -> None:
         "resumed. Settings: --preset, then --config YAML, then KEY=VALUE overrides (e.g. optim.base_lr=1e-3).",
     )
     parser.add_argument("overrides", nargs="*", metavar="KEY=VALUE", help="dotted config overrides")
-    parser.add_argument("--preset", choices=sorted(PRESETS), default=None,
+    parser.add_argument("--preset", choices=preset_names(), default=None,
                         help=f"named recipe (default {DEFAULT_PRESET} unless --config names one)")
     parser.add_argument("--config", metavar="YAML", help="YAML file with config sections")
     parser.add_argument("--data", metavar="FOLDER", help="image folder (class subfolders or flat); default: built-in sample")
@@ -25,6 +27,8 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     parser.add_argument("--init-from", metavar="WEIGHTS", help="initialise the student backbone from released weights")
     parser.add_argument("--stop-after-epochs", type=int, metavar="N",
                         help="end this invocation after N more epochs (resumable; e.g. for time-limited jobs)")
+    parser.add_argument("--print-config", action="store_true",
+                        help="print the resolved configuration as YAML and exit (nothing is written)")
     parser.set_defaults(func=run)
 
 
@@ -36,9 +40,12 @@ def run(args: argparse.Namespace) -> int:
         updates["data"] = {"path": args.data}
     if args.epochs is not None:
         updates["train"] = {"epochs": args.epochs}
-    preset = args.preset if (args.preset or args.config) else DEFAULT_PRESET
+    preset = args.preset or (file_preset(args.config) if args.config else None) or DEFAULT_PRESET
     config = load_config(preset=preset, yaml_path=args.config, overrides=args.overrides, updates=updates)
-    output = args.output or f"dino-{preset or 'run'}"
+    if args.print_config:
+        print(yaml.safe_dump(config.to_dict(), sort_keys=False), end="")
+        return 0
+    output = args.output or f"dino-{preset}"
     if args.stop_after_epochs is not None and args.stop_after_epochs < 1:
         raise ConfigError(f"--stop-after-epochs: must be >= 1, got {args.stop_after_epochs}")
     result = train(config, output, init_from=args.init_from, stop_after_epochs=args.stop_after_epochs)

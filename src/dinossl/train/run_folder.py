@@ -1,4 +1,5 @@
-"""A run folder's identity: its config.yaml and checkpoint decide whether a run may use it."""
+"""A run folder's identity and the resume policy: its config.yaml and checkpoint decide whether
+a run may use the folder, and which settings may change when a run is resumed."""
 
 from __future__ import annotations
 
@@ -7,11 +8,49 @@ from typing import Any, Optional
 
 import yaml
 
-from dinossl.config import Config, config_from_dict, differing_fields
+from dinossl.config import Config, config_from_dict
+from dinossl.config.merge import merge
 from dinossl.errors import CheckpointError, DinoError
 from dinossl.train.checkpoint import CHECKPOINT_NAME, read_checkpoint
 
 CONFIG_NAME = "config.yaml"
+
+# Fields that do not change what a run computes: they may differ when resuming.
+RUNTIME_FIELDS = frozenset(
+    {
+        "data.path",
+        "data.num_workers",
+        "train.device",
+        "train.log_every",
+        "train.progress_bar",
+        "train.knn_at_end",
+        "train.knn_every",
+        "train.dist_timeout_s",
+        "train.threads",
+        "train.batch_size_per_process",
+    }
+)
+
+
+def flatten(values: dict[str, Any], prefix: str = "") -> dict[str, Any]:
+    """{"a": {"b": 1}} -> {"a.b": 1}."""
+    out: dict[str, Any] = {}
+    for key, value in values.items():
+        if isinstance(value, dict):
+            out.update(flatten(value, f"{prefix}{key}."))
+        else:
+            out[f"{prefix}{key}"] = value
+    return out
+
+
+def differing_fields(stored: dict[str, Any], current: dict[str, Any]) -> list[str]:
+    """Dotted names of fields that change the computation and differ between two configs.
+
+    Fields the stored config lacks (written before they existed) count as their default.
+    """
+    a, b = flatten(merge(Config().to_dict(), stored)), flatten(current)
+    names = sorted(set(a) | set(b))
+    return [n for n in names if n not in RUNTIME_FIELDS and a.get(n) != b.get(n)]
 
 
 def _listed(fields: list[str]) -> str:

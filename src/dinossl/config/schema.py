@@ -1,0 +1,134 @@
+"""The typed configuration of a DINO run: five sections that follow the data flow
+(data -> model -> loss -> optim -> train), with the reference's values as defaults.
+
+Presets (``presets/*.yaml``), YAML files and ``section.field=value`` overrides are applied by
+:mod:`dinossl.config.loading`; :mod:`dinossl.config.validation` checks the values.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from dataclasses import dataclass, field
+from typing import Any, Optional
+
+VIT_ARCHS = ("vit_tiny", "vit_small", "vit_base")
+ARCHS = VIT_ARCHS + ("resnet50",)
+PRECISIONS = ("auto", "fp32", "bf16", "fp16")
+PHOTOMETRIC_PLACES = ("loader", "device")
+GEOMETRIC_MODES = ("per_image", "batched")
+OPTIMIZERS = ("adamw", "sgd")
+
+
+@dataclass
+class CropConfig:
+    """Multi-crop views: 2 global crops and ``num_local`` local crops per image."""
+
+    global_size: int = 224
+    global_scale: tuple[float, float] = (0.4, 1.0)
+    local_size: int = 96
+    local_scale: tuple[float, float] = (0.05, 0.4)
+    num_local: int = 8
+    blur_radius: tuple[float, float] = (0.1, 2.0)  # Gaussian blur radius range, in pixels
+    color_jitter: tuple[float, float, float, float] = (0.4, 0.4, 0.2, 0.1)  # brightness, contrast, saturation, hue
+    color_jitter_p: float = 0.8
+    grayscale_p: float = 0.2
+
+
+@dataclass
+class DataConfig:
+    """Where images come from and how they are loaded."""
+
+    path: Optional[str] = None  # None: the CIFAR-10 sample shipped inside the package
+    crops: CropConfig = field(default_factory=CropConfig)
+    num_workers: int = 4
+    # Where colour jitter, grayscale, blur, solarisation and normalisation run: "loader" (per
+    # image, PIL/torchvision in the loader workers) or "device" (batched on the training device;
+    # the loader only crops, flips and draws the parameters). See docs/training.md.
+    photometric: str = "loader"
+    # How crops are cut: "per_image" (PIL, in the loader workers) or "batched" (one batched
+    # resize per view in the training process; needs photometric=device and images of one size,
+    # held in memory). See docs/training.md.
+    geometric: str = "per_image"
+
+
+@dataclass
+class ModelConfig:
+    """Backbone and projection head."""
+
+    arch: str = "vit_small"
+    patch_size: int = 16
+    img_size: int = 224  # size the position embeddings are laid out for
+    depth: Optional[int] = None  # None: the architecture's standard depth (12)
+    drop_path: float = 0.1  # student only; the teacher never drops paths
+    out_dim: int = 65536
+    head_hidden_dim: int = 2048
+    head_bottleneck_dim: int = 256
+    use_bn_in_head: bool = False
+    norm_last_layer: bool = True
+
+
+@dataclass
+class LossConfig:
+    """Temperatures and centering of the DINO objective."""
+
+    student_temp: float = 0.1
+    teacher_temp: float = 0.04  # final teacher temperature
+    warmup_teacher_temp: float = 0.04  # starting teacher temperature
+    warmup_teacher_temp_epochs: int = 0
+    center_momentum: float = 0.9
+
+
+@dataclass
+class OptimConfig:
+    """AdamW, its schedules and the teacher momentum."""
+
+    base_lr: float = 5e-4  # per 256 images of global batch
+    min_lr: float = 1e-6
+    warmup_epochs: int = 10
+    weight_decay: float = 0.04
+    weight_decay_end: float = 0.4
+    clip_grad: float = 3.0  # per parameter tensor; 0 disables
+    freeze_last_layer: int = 1  # epochs during which the head's last layer is not updated
+    momentum_teacher: float = 0.996
+    optimizer: str = "adamw"  # adamw (the paper's choice) or sgd (momentum 0.9, for ResNets)
+
+
+@dataclass
+class TrainConfig:
+    """Loop length, batch, precision, logging and checkpoints."""
+
+    epochs: int = 100
+    batch_size_per_process: int = 64
+    precision: str = "auto"  # auto: bf16 (or fp16) on GPU, fp32 on CPU
+    device: str = "auto"
+    seed: int = 0
+    log_every: int = 10  # steps between JSON log lines
+    progress_bar: bool = True
+    knn_at_end: bool = False  # print k-NN top-1 of the teacher vs. random init at the end
+    knn_every: int = 0  # epochs between k-NN checks of the teacher (built-in sample only); 0: never
+    dist_timeout_s: int = 600  # process-group timeout: a dead peer ends the run after this
+    threads: int = 0  # torch CPU threads; 0 leaves torch's default
+
+
+@dataclass
+class Config:
+    """One DINO run."""
+
+    data: DataConfig = field(default_factory=DataConfig)
+    model: ModelConfig = field(default_factory=ModelConfig)
+    loss: LossConfig = field(default_factory=LossConfig)
+    optim: OptimConfig = field(default_factory=OptimConfig)
+    train: TrainConfig = field(default_factory=TrainConfig)
+
+    def to_dict(self) -> dict[str, Any]:
+        """Plain nested dict (tuples become lists), safe for JSON, YAML and checkpoints."""
+        return plain(dataclasses.asdict(self))
+
+
+def plain(value: Any) -> Any:
+    """Nested dicts with tuples turned into lists (safe for JSON, YAML and checkpoints)."""
+    if isinstance(value, dict):
+        return {k: plain(v) for k, v in value.items()}
+    if isinstance(value, (list, tuple)):
+        return [plain(v) for v in value]
+    return value

@@ -1,0 +1,17 @@
+from dinossl.config import load_config
+from dinossl.train.run_folder import differing_fields
+
+
+def test_differing_fields_ignore_runtime_settings():
+    a = load_config("vit-tiny-cifar").to_dict()
+    b = load_config("vit-tiny-cifar", overrides=["data.num_workers=7", "train.log_every=3", "optim.base_lr=0.1"]).to_dict()
+    assert differing_fields(a, b) == ["optim.base_lr"]
+
+
+def test_fields_added_since_a_run_was_written_count_as_defaults():
+    current = load_config("vit-tiny-cifar").to_dict()
+    stored = load_config("vit-tiny-cifar").to_dict()
+    del stored["data"]["crops"]["grayscale_p"]  # an older run folder, before the field existed
+    assert differing_fields(stored, current) == []
+    stored["data"]["crops"]["num_local"] = 3
+    assert differing_fields(stored, current) == ["data.crops.num_local"]
