@@ -10,7 +10,8 @@ import torch
 
 from dinossl import hub
 from dinossl.errors import CheckpointError
-from dinossl.weights import BackboneSpec, build_from_spec, load_backbone, spec_of
+from dinossl.models import BackboneSpec, build_backbone, spec_of
+from dinossl.weights import load_backbone
 
 
 
@@ -18,7 +19,7 @@ from dinossl.weights import BackboneSpec, build_from_spec, load_backbone, spec_o
 def random_backbone(spec: BackboneSpec) -> torch.nn.Module:
     """Random values without timm's slow initialisation."""
     with torch.device("meta"):
-        model = build_from_spec(spec)
+        model = build_backbone(spec)
     model.to_empty(device="cpu")
     generator = torch.Generator().manual_seed(0)
     with torch.no_grad():

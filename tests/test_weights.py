@@ -13,16 +13,14 @@ from torch import nn
 from torch.nn import functional as F
 
 from dinossl.errors import CheckpointError
-from dinossl.models import DINOHead, MultiCropNetwork, build_vit
+from dinossl.models import BackboneSpec, DINOHead, MultiCropNetwork, build_vit, spec_of
 from dinossl.weights import (
-    BackboneSpec,
     infer_spec,
     load_backbone,
     load_backbone_into,
     load_network,
     read_backbone_state,
     read_network_weights,
-    spec_of,
 )
 
 TINY = BackboneSpec("vit_tiny", patch_size=8, img_size=32, depth=2)

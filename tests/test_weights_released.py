@@ -7,7 +7,8 @@ import pytest
 import torch
 from safetensors.torch import load_file
 
-from dinossl.weights import BackboneSpec, build_from_spec, load_backbone, released_state, spec_of, write_backbone
+from dinossl.models import BackboneSpec, build_backbone, spec_of
+from dinossl.weights import load_backbone, released_state, write_backbone
 
 WIDTH = {"vit_small": 384, "vit_base": 768}
 DEPTH = 12
@@ -38,7 +39,7 @@ def released_shapes(d: int, p: int) -> dict[str, tuple[int, ...]]:
 def random_backbone(spec: BackboneSpec, seed: int = 0) -> torch.nn.Module:
     """A backbone with random values, without the (slow) timm initialisation."""
     with torch.device("meta"):
-        model = build_from_spec(spec)
+        model = build_backbone(spec)
     model.to_empty(device="cpu")
     generator = torch.Generator().manual_seed(seed)
     with torch.no_grad():

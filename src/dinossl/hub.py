@@ -26,7 +26,8 @@ from torch import nn
 
 from dinossl.errors import CheckpointError
 from dinossl.safe_files import write_atomic
-from dinossl.weights import BackboneSpec, load_backbone
+from dinossl.models import BackboneSpec
+from dinossl.weights import load_backbone
 
 RELEASE_ROOT = "https://dl.fbaipublicfiles.com/dino"
 DOWNLOAD_TIMEOUT_S = 30.0

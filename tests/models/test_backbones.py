@@ -2,7 +2,7 @@ import pytest
 import torch
 
 from dinossl.config import ModelConfig
-from dinossl.models import MultiCropNetwork, build_backbone, build_network, build_resnet50, build_vit
+from dinossl.models import MultiCropNetwork, backbone_spec, build_backbone, build_network, build_resnet50, build_vit
 from dinossl.models.multicrop import group_by_resolution
 
 
@@ -93,5 +93,5 @@ def test_drop_path_on_student_only():
     student, teacher = build_network(config, student=True), build_network(config, student=False)
     assert student.backbone.blocks[-1].drop_path1.drop_prob == pytest.approx(0.1)
     assert isinstance(teacher.backbone.blocks[-1].drop_path1, torch.nn.Identity)
-    assert isinstance(build_backbone(ModelConfig(arch="resnet50")), torch.nn.Module)
+    assert isinstance(build_backbone(backbone_spec(ModelConfig(arch="resnet50"))), torch.nn.Module)
     assert isinstance(student, MultiCropNetwork)

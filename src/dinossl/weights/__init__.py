@@ -41,18 +41,20 @@ from dinossl.weights.loading import (
     load_state_strict,
     state_problems,
 )
-from dinossl.weights.sources import local_file, read_backbone_state, read_network_weights
-from dinossl.weights.spec import BackboneSpec, HeadSpec, build_from_spec, infer_head_spec, infer_spec, spec_of
+from dinossl.weights.sources import (
+    local_file,
+    read_backbone_state,
+    read_network_weights,
+)
+from dinossl.weights.spec import HeadSpec, infer_head_spec, infer_spec
 
 __all__ = [
     "FORMATS",
     "INERT_GLOBALS",
     "NETWORKS",
-    "BackboneSpec",
     "ForeignObject",
     "HeadSpec",
     "NetworkWeights",
-    "build_from_spec",
     "default_export_path",
     "export_backbone_file",
     "infer_head_spec",
@@ -66,7 +68,6 @@ __all__ = [
     "read_network_weights",
     "read_weights_file",
     "released_state",
-    "spec_of",
     "state_problems",
     "write_backbone",
 ]

@@ -9,10 +9,11 @@ from typing import Optional
 import torch
 
 from dinossl.errors import CheckpointError
+from dinossl.models import BackboneSpec, build_backbone
 from dinossl.safe_files import write_atomic
 from dinossl.weights.loading import state_problems
 from dinossl.weights.sources import read_backbone_state
-from dinossl.weights.spec import BackboneSpec, build_from_spec, infer_spec
+from dinossl.weights.spec import infer_spec
 
 FORMATS = ("pth", "safetensors")  # dinossl.cli.export keeps a copy, to build its parser without torch
 
@@ -23,7 +24,7 @@ def released_state(state: dict[str, torch.Tensor], spec: Optional[BackboneSpec] 
     exactly the released keys and shapes (contiguous CPU tensors, values untouched)."""
     spec = spec or infer_spec(state)
     with torch.device("meta"):
-        expected = build_from_spec(spec).state_dict()
+        expected = build_backbone(spec).state_dict()
     problems = state_problems(expected, state)
     if problems:
         raise CheckpointError(f"{source} is not a {spec.describe()} backbone: " + "; ".join(problems))

@@ -11,9 +11,16 @@ import torch
 from torch import nn
 
 from dinossl.errors import CheckpointError
+from dinossl.models import (
+    BackboneSpec,
+    DINOHead,
+    MultiCropNetwork,
+    build_backbone,
+    spec_of,
+)
 from dinossl.weights.layout import name_keys
 from dinossl.weights.sources import read_backbone_state, read_network_weights
-from dinossl.weights.spec import BackboneSpec, build_from_spec, infer_head_spec, infer_spec, spec_of
+from dinossl.weights.spec import infer_head_spec, infer_spec
 
 _BN_COUNTER = "num_batches_tracked"
 
@@ -98,7 +105,7 @@ def load_backbone(path: str | Path, which: str = "teacher", spec: Optional[Backb
     state = read_backbone_state(path, which)
     file_spec = _try_infer(state)
     spec = spec or file_spec or infer_spec(state)
-    backbone = _materialise(lambda: build_from_spec(spec), state, str(path), _mismatch(file_spec, spec))
+    backbone = _materialise(lambda: build_backbone(spec), state, str(path), _mismatch(file_spec, spec))
     return backbone.eval()
 
 
@@ -112,14 +119,12 @@ def load_backbone_into(backbone: nn.Module, path: str | Path, which: str = "teac
 def load_network(path: str | Path, which: str = "teacher", spec: Optional[BackboneSpec] = None) -> nn.Module:
     """Backbone + DINO head (a :class:`~dinossl.models.MultiCropNetwork`, eval mode) from a
     training checkpoint or network state dict of this project or the reference."""
-    from dinossl.models import DINOHead, MultiCropNetwork
-
     weights = read_network_weights(path, which)
     if not weights.head:
         raise CheckpointError(f"{path} holds a backbone only, no DINO head; use load_backbone")
     file_spec = _try_infer(weights.backbone)
     spec = spec or file_spec or infer_spec(weights.backbone)
-    backbone = _materialise(lambda: build_from_spec(spec), weights.backbone, str(path), _mismatch(file_spec, spec))
+    backbone = _materialise(lambda: build_backbone(spec), weights.backbone, str(path), _mismatch(file_spec, spec))
     h = infer_head_spec(weights.head, weights.settings)
     if h.in_dim != backbone.embed_dim:
         raise CheckpointError(f"{path}: the head takes {h.in_dim} features, the backbone gives {backbone.embed_dim}")

@@ -16,7 +16,9 @@ def local_file(source: str | Path) -> Path:
     """``source`` as a local path; a URL or a released-model name (``dino_vits16`` ...) is
     fetched by :func:`dinossl.hub.fetch` into the torch hub cache (once)."""
     if isinstance(source, str) and not Path(source).exists():
-        from dinossl import hub  # hub builds on this package: import it only for a URL or a name
+        from dinossl import (
+            hub,  # hub builds on this package: import it only for a URL or a name
+        )
 
         if hub.is_url(source) or source in hub.RELEASED:
             return hub.fetch(source)

@@ -1,5 +1,5 @@
-"""Backbone and head architectures: described, inferred from tensor shapes, read off a built
-module, and built."""
+"""Architectures inferred from tensor shapes: the backbone's :class:`~dinossl.models.BackboneSpec`
+and the DINO head's sizes."""
 
 from __future__ import annotations
 
@@ -8,41 +8,16 @@ from dataclasses import dataclass
 from typing import Any, Optional
 
 import torch
-from torch import nn
 
 from dinossl.errors import CheckpointError
+from dinossl.models import VIT_SIZES, BackboneSpec
 from dinossl.weights.layout import name_keys
-
-
-@dataclass(frozen=True)
-class BackboneSpec:
-    """A backbone architecture; field names are those of the ``model`` config section."""
-
-    arch: str  # vit_tiny | vit_small | vit_base | resnet50
-    patch_size: int = 16
-    img_size: int = 224  # size the position embeddings are laid out for
-    depth: Optional[int] = None  # None: 12
-
-    def describe(self) -> str:
-        if self.arch == "resnet50":
-            return "resnet50"
-        return f"{self.arch}/{self.patch_size} (depth {self.depth or 12}, img_size {self.img_size})"
-
-    def as_overrides(self) -> str:
-        """The config overrides that build this backbone."""
-        if self.arch == "resnet50":
-            return "model.arch=resnet50"
-        return (f"model.arch={self.arch} model.patch_size={self.patch_size} "
-                f"model.img_size={self.img_size} model.depth={self.depth or 12}")
-
 
 _RESNET50_BLOCKS = (3, 4, 6, 3)
 
 
 def infer_spec(state: dict[str, torch.Tensor]) -> BackboneSpec:
     """Architecture, patch size, position-grid size and depth of a backbone state dict."""
-    from dinossl.models.vit import VIT_SIZES
-
     if "patch_embed.proj.weight" in state:
         dim, _, patch, _ = state["patch_embed.proj.weight"].shape
         arch = next((name for name, (width, _) in VIT_SIZES.items() if width == dim), None)
@@ -71,29 +46,6 @@ def infer_spec(state: dict[str, torch.Tensor]) -> BackboneSpec:
         "cannot tell the architecture: no patch_embed.proj.weight (ViT) nor conv1/layer4 (ResNet-50) keys "
         f"(keys: {name_keys(list(state))})"
     )
-
-
-def spec_of(backbone: nn.Module) -> Optional[BackboneSpec]:
-    """The spec of a built backbone (None for a module this project does not build)."""
-    from dinossl.models import ResNetBackbone, ViTBackbone
-    from dinossl.models.vit import VIT_SIZES
-
-    if isinstance(backbone, ResNetBackbone):
-        return BackboneSpec("resnet50")
-    if isinstance(backbone, ViTBackbone):
-        arch = next((n for n, (w, _) in VIT_SIZES.items() if w == backbone.embed_dim), f"vit{backbone.embed_dim}")
-        grid = int(round((backbone.pos_embed.shape[1] - 1) ** 0.5))
-        return BackboneSpec(arch, backbone.patch_size, grid * backbone.patch_size, len(backbone.blocks))
-    return None
-
-
-def build_from_spec(spec: BackboneSpec) -> nn.Module:
-    """A randomly initialised backbone of architecture ``spec``."""
-    from dinossl.models import build_resnet50, build_vit
-
-    if spec.arch == "resnet50":
-        return build_resnet50()
-    return build_vit(spec.arch, patch_size=spec.patch_size, img_size=spec.img_size, depth=spec.depth)
 
 
 @dataclass(frozen=True)
