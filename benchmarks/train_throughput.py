@@ -1,6 +1,6 @@
 """Training throughput and peak memory of one DINO configuration; writes JSON.
 
-The measured step is the trainer's own ``training_step`` (teacher + student forward, loss,
+The measured step is the trainer's own ``Distiller.step`` (teacher + student forward, loss,
 backward, clipping, AdamW, EMA) on synthetic crops of the configured sizes, so data loading
 is excluded. Images/s is the median over the timed steps (after warm-up steps) of
 global batch / step time; memory is the peak CUDA allocation on GPU and the process's peak
@@ -21,6 +21,7 @@ import statistics
 import sys
 import tempfile
 import time
+from dataclasses import replace
 from pathlib import Path
 
 import torch
@@ -36,7 +37,7 @@ def main() -> None:
     args = parser.parse_args()
 
     from dinossl.config import load_config
-    from dinossl.train.trainer import build_run, training_step
+    from dinossl.train import build_run
 
     config = load_config(args.preset, overrides=[*args.overrides, "train.progress_bar=false", "data.num_workers=0"])
     with tempfile.TemporaryDirectory() as tmp:
@@ -54,7 +55,7 @@ def main() -> None:
         times = []
         for step in range(args.warmup + args.steps):
             started = time.perf_counter()
-            loss, _ = training_step(run, crops, step, float(run.teacher_temp[0]), freeze_last_layer=False)
+            loss, _ = run.distiller.step(crops, replace(run.schedules.at(step), freeze_last_layer=False))
             loss.item()  # wait for the step to finish
             if device.type == "cuda":
                 torch.cuda.synchronize(device)

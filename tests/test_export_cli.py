@@ -82,10 +82,10 @@ def test_init_from_loads_student_and_teacher_with_a_fresh_head(tmp_path, one_bat
     started = build_run(config, tmp_path / "a", init_from=str(init_weights))
     plain = build_run(config, tmp_path / "b")
     expected = torch.load(init_weights, weights_only=True)
-    assert _equal_states(started.student.backbone.state_dict(), expected)
-    assert _equal_states(started.teacher.backbone.state_dict(), expected)
-    assert not _equal_states(plain.student.backbone.state_dict(), expected)
-    assert _equal_states(started.student.head.state_dict(), plain.student.head.state_dict())  # untouched head
+    assert _equal_states(started.distiller.student.backbone.state_dict(), expected)
+    assert _equal_states(started.distiller.teacher.backbone.state_dict(), expected)
+    assert not _equal_states(plain.distiller.student.backbone.state_dict(), expected)
+    assert _equal_states(started.distiller.student.head.state_dict(), plain.distiller.student.head.state_dict())  # untouched head
 
 
 def test_init_from_trains_from_the_weights(init_run, init_weights):

@@ -47,13 +47,14 @@ def test_global_view_one_always_blurred_view_two_sometimes_solarised():
 
     from dinossl.data.augment import RandomGaussianBlur
 
-    aug = MultiCropAugmentation(CropConfig(global_size=32, num_local=0))
-    assert _p(aug.global_1, RandomGaussianBlur) == 1.0 and _p(aug.global_2, RandomGaussianBlur) == 0.1
-    assert _p(aug.local, RandomGaussianBlur) == 0.5
-    assert _p(aug.global_2, v2.RandomSolarize) == 0.2 and _p(aug.global_1, v2.RandomSolarize) == 0.0
-    assert _p(aug.local, v2.RandomSolarize) == 0.0
-    assert _p(aug.global_1, v2.RandomGrayscale) == 0.2 and _p(aug.global_1, v2.RandomHorizontalFlip) == 0.5
-    assert _p(aug.global_1, v2.RandomApply) == 0.8
+    aug = MultiCropAugmentation(CropConfig(global_size=32, num_local=1))
+    global_1, global_2, local = aug.views
+    assert _p(global_1, RandomGaussianBlur) == 1.0 and _p(global_2, RandomGaussianBlur) == 0.1
+    assert _p(local, RandomGaussianBlur) == 0.5
+    assert _p(global_2, v2.RandomSolarize) == 0.2 and _p(global_1, v2.RandomSolarize) == 0.0
+    assert _p(local, v2.RandomSolarize) == 0.0
+    assert _p(global_1, v2.RandomGrayscale) == 0.2 and _p(global_1, v2.RandomHorizontalFlip) == 0.5
+    assert _p(global_1, v2.RandomApply) == 0.8
 
 
 def test_evaluation_transform_is_deterministic():

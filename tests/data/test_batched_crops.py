@@ -22,9 +22,9 @@ from dinossl.data.photometric_params import (
     JITTER,
     ORDER,
     SOLARIZE,
-    ViewPhotometry,
     identity_params,
 )
+from dinossl.data.crop_recipe import ViewPhotometry
 from dinossl.errors import ConfigError, DataError
 
 

@@ -39,8 +39,8 @@ from dinossl.data.photometric_params import (
     SOLARIZE,
     draw_params,
     identity_params,
-    view_photometry,
 )
+from dinossl.data.crop_recipe import CropRecipe
 from dinossl.errors import ConfigError
 
 DEVICES = ["cpu"] + (["cuda"] if torch.cuda.is_available() else [])
@@ -177,13 +177,19 @@ def test_identity_params_only_normalise_and_non_jittered_samples_ignore_factors(
     torch.testing.assert_close(apply_photometric(pixels, params), expected, rtol=0, atol=1e-6)
 
 
+def _three_views(crops):
+    """Photometry of global view 1, global view 2 and a local view of DINO's recipe."""
+    views = CropRecipe.from_config(crops).views
+    return views[0].photometry, views[1].photometry, views[2].photometry
+
+
 def _draws(view, n=2000, seed=0):
     torch.manual_seed(seed)
     return torch.stack([draw_params(view) for _ in range(n)])
 
 
 def test_per_view_probabilities_and_ranges():
-    global_1, global_2, local = (_draws(view, seed=i) for i, view in enumerate(view_photometry(CropConfig())))
+    global_1, global_2, local = (_draws(view, seed=i) for i, view in enumerate(_three_views(CropConfig())))
 
     def rate(draws, column):
         return (draws[:, column] > 0).float().mean().item()
@@ -220,7 +226,7 @@ def test_view_settings_are_those_of_the_loader_pipeline():
     def p(view, kind):
         return next(t.p for t in view.transforms if isinstance(t, kind))
 
-    for ours, theirs in zip(view_photometry(CropConfig()), (loader.global_1, loader.global_2, loader.local)):
+    for ours, theirs in zip(_three_views(CropConfig()), loader.views[:3]):
         assert ours.blur_p == p(theirs, RandomGaussianBlur)
         assert ours.solarize_p == p(theirs, v2.RandomSolarize)
         assert ours.grayscale_p == p(theirs, v2.RandomGrayscale) and ours.color_jitter_p == p(theirs, v2.RandomApply)

@@ -30,6 +30,7 @@ import torch.nn.functional as F
 from dinossl.config import load_config
 from dinossl.data.augment import MultiCropAugmentation
 from dinossl.data.sample import load_sample
+from dinossl.eval.classification.knn_monitor import SampleKnnDuringTraining
 from dinossl.models import build_network
 from dinossl.train import train
 
@@ -77,13 +78,13 @@ def test_short_pretraining_lifts_knn_and_view_retrieval_over_random_init(tmp_pat
     first, second = _view_pairs(config)
     torch.manual_seed(config.train.seed)
     random_init = build_network(config.model, student=True).backbone
-    result = train(config, tmp_path / "run")
+    result = train(config, tmp_path / "run", monitors=[SampleKnnDuringTraining(config, at_end=True)])
     teacher = build_network(config.model, student=False).backbone
     teacher.load_state_dict(torch.load(result.exported[0], weights_only=True))
 
     random_score = partner_percentile(random_init, first, second)
     trained_score = partner_percentile(teacher, first, second)
-    knn = result.knn
+    knn = result.reports[0]
     print(f"partner view percentile: trained {trained_score:.2f} vs random init {random_score:.2f}; "
           f"k-NN top-1 (k=20): trained {knn['trained']:.2f} vs random init {knn['random_init']:.2f} "
           f"(95% interval of the gain {knn['gain_ci95'][0]:+.2f} to {knn['gain_ci95'][1]:+.2f})")

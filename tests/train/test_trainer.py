@@ -147,21 +147,6 @@ def test_teacher_keeps_its_own_batchnorm_statistics(tmp_path, tiny_image_folder)
     assert state["teacher"]["head.mlp.1.num_batches_tracked"] == 4  # one teacher forward per step
 
 
-def test_knn_against_random_init_reports_a_bootstrap_interval(tmp_path, tiny_image_folder):
-    from dinossl.train.knn_monitor import SampleKnnMonitor
-    from dinossl.train.trainer import build_run, knn_against_random_init
-
-    run = build_run(tiny_config(tiny_image_folder), tmp_path / "run")
-    monitor = SampleKnnMonitor(32, torch.device("cpu"))
-    monitor.query_source.pixels = monitor.query_source.pixels[:300]  # a cheaper query set
-    monitor.query_source.labels = monitor.query_source.labels[:300]
-    result = knn_against_random_init(run, monitor)  # the teacher is still its random initialisation
-    assert result["trained"] == result["random_init"] and result["gain_ci95"] == [0.0, 0.0]
-    assert 15.0 < result["random_init"] < 45.0  # 10 classes: well above chance for the sample
-    records = [json.loads(line) for line in (tmp_path / "run" / "log.jsonl").read_text().splitlines()]
-    assert records[-1]["kind"] == "result" and records[-1]["query_images"] == 300
-
-
 def test_batched_crops_count_unreadable_images_in_the_log(tmp_path, tiny_image_folder):
     import shutil
 

@@ -3,11 +3,16 @@
 from __future__ import annotations
 
 import argparse
+import logging
 
 import yaml
 
-from dinossl.config import DEFAULT_PRESET, file_preset, load_config, preset_names
+from dinossl.config import DEFAULT_PRESET, Config, file_preset, load_config, preset_names
 from dinossl.errors import ConfigError
+from dinossl.eval.classification.knn_monitor import KNN_METRIC, SampleKnnDuringTraining
+from dinossl.train import train
+
+log = logging.getLogger("dinossl")
 
 
 def register(subparsers: argparse._SubParsersAction) -> None:
@@ -32,9 +37,17 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     parser.set_defaults(func=run)
 
 
-def run(args: argparse.Namespace) -> int:
-    from dinossl.train import train
+def monitors_for(config: Config) -> list[SampleKnnDuringTraining]:
+    """The k-NN monitor when ``train.knn_every`` / ``train.knn_at_end`` ask for it (built-in sample only)."""
+    t = config.train
+    if not (t.knn_at_end or t.knn_every):
+        return []
+    if config.data.path is not None:
+        return []
+    return [SampleKnnDuringTraining(config, every=t.knn_every, at_end=t.knn_at_end)]
 
+
+def run(args: argparse.Namespace) -> int:
     updates: dict = {}
     if args.data is not None:
         updates["data"] = {"path": args.data}
@@ -48,13 +61,13 @@ def run(args: argparse.Namespace) -> int:
     output = args.output or f"dino-{preset}"
     if args.stop_after_epochs is not None and args.stop_after_epochs < 1:
         raise ConfigError(f"--stop-after-epochs: must be >= 1, got {args.stop_after_epochs}")
-    result = train(config, output, init_from=args.init_from, stop_after_epochs=args.stop_after_epochs)
-    if result.knn is not None:
-        knn = result.knn
-        low, high = knn["gain_ci95"]
-        print(f"k-NN top-1 (k=20, T=0.07) on the held-out sample: trained teacher {knn['trained']:.2f}% "
-              f"vs. random init {knn['random_init']:.2f}% (gain {knn['trained'] - knn['random_init']:+.2f} points, "
-              f"95% bootstrap interval {low:+.2f} to {high:+.2f})")
+    result = train(config, output, init_from=args.init_from, stop_after_epochs=args.stop_after_epochs,
+                   monitors=monitors_for(config))
+    if (config.train.knn_at_end or config.train.knn_every) and config.data.path is not None:
+        print(f"train.knn_at_end / knn_every use the built-in sample's labels: run `dino eval knn` for {config.data.path}")
+    for record in result.reports:
+        if record.get("metric") == KNN_METRIC:
+            print(SampleKnnDuringTraining.summary(record))
     if result.epochs_done < config.train.epochs:
         print(f"stopped after epoch {result.epochs_done} of {config.train.epochs}; run the same command to resume")
     print(f"run folder: {result.output_dir}")

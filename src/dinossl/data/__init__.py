@@ -1,7 +1,8 @@
 """Images -> crops: image sources, the multi-crop augmentation, the training loader."""
 
 from dinossl.data.augment import IMAGENET_MEAN, IMAGENET_STD, MultiCropAugmentation, evaluation_transform
-from dinossl.data.images import ArrayImages, ImageFolder, UnreadableImage, open_images
+from dinossl.data.images import ArrayImages, ImageFolder, UnreadableImage
+from dinossl.data.sample import open_images
 from dinossl.data.geometric_crops import GeometricMultiCrop
 from dinossl.data.loader import (
     MultiCropDataset,

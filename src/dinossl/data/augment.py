@@ -14,6 +14,7 @@ from torchvision.transforms import InterpolationMode
 from torchvision.transforms import v2
 
 from dinossl.config import CropConfig
+from dinossl.data.crop_recipe import FLIP_P, CropRecipe, ViewSpec, crop_recipe
 
 IMAGENET_MEAN = (0.485, 0.456, 0.406)
 IMAGENET_STD = (0.229, 0.224, 0.225)
@@ -36,39 +37,36 @@ def _to_normalized_tensor() -> list[Callable]:
     return [v2.ToImage(), v2.ToDtype(torch.float32, scale=True), v2.Normalize(IMAGENET_MEAN, IMAGENET_STD)]
 
 
-def _photometric(crops: CropConfig, blur_p: float, solarize_p: float) -> list[Callable]:
-    brightness, contrast, saturation, hue = crops.color_jitter
+def _photometric(view: ViewSpec) -> list[Callable]:
+    photometry = view.photometry
+    brightness, contrast, saturation, hue = photometry.color_jitter
     return [
-        v2.RandomHorizontalFlip(p=0.5),
+        v2.RandomHorizontalFlip(p=FLIP_P),
         v2.RandomApply([v2.ColorJitter(brightness=brightness, contrast=contrast, saturation=saturation, hue=hue)],
-                       p=crops.color_jitter_p),
-        v2.RandomGrayscale(p=crops.grayscale_p),
-        RandomGaussianBlur(blur_p, *crops.blur_radius),
-        v2.RandomSolarize(threshold=128, p=solarize_p),
+                       p=photometry.color_jitter_p),
+        v2.RandomGrayscale(p=photometry.grayscale_p),
+        RandomGaussianBlur(photometry.blur_p, *photometry.blur_radius),
+        v2.RandomSolarize(threshold=128, p=photometry.solarize_p),
     ]
 
 
+def view_transform(view: ViewSpec) -> v2.Compose:
+    """PIL image -> one normalised (3, S, S) crop of ``view``."""
+    resize = v2.RandomResizedCrop(view.size, scale=tuple(view.scale), interpolation=InterpolationMode.BICUBIC)
+    return v2.Compose([resize, *_photometric(view), *_to_normalized_tensor()])
+
+
 class MultiCropAugmentation:
-    """PIL image -> [global 1, global 2, local 1..N], each a normalised (3, S, S) tensor.
+    """PIL image -> one normalised (3, S, S) tensor per view of the crop recipe, global views first
+    (with DINO's recipe: global view 1 always blurred, global view 2 blurred with p=0.1 and
+    solarised with p=0.2, local views blurred with p=0.5)."""
 
-    Global view 1 is always blurred, global view 2 is blurred with p=0.1 and solarised with
-    p=0.2, local views are blurred with p=0.5 (DINO's reference recipe).
-    """
-
-    def __init__(self, crops: CropConfig) -> None:
-        bicubic = InterpolationMode.BICUBIC
-
-        def view(size: int, scale: tuple[float, float], blur_p: float, solarize_p: float) -> v2.Compose:
-            resize = v2.RandomResizedCrop(size, scale=tuple(scale), interpolation=bicubic)
-            return v2.Compose([resize, *_photometric(crops, blur_p, solarize_p), *_to_normalized_tensor()])
-
-        self.global_1 = view(crops.global_size, crops.global_scale, 1.0, 0.0)
-        self.global_2 = view(crops.global_size, crops.global_scale, 0.1, 0.2)
-        self.local = view(crops.local_size, crops.local_scale, 0.5, 0.0)
-        self.num_local = crops.num_local
+    def __init__(self, crops: CropConfig | CropRecipe) -> None:
+        self.recipe = crop_recipe(crops)
+        self.views = [view_transform(view) for view in self.recipe.views]
 
     def __call__(self, image: Image.Image) -> list[torch.Tensor]:
-        return [self.global_1(image), self.global_2(image)] + [self.local(image) for _ in range(self.num_local)]
+        return [view(image) for view in self.views]
 
 
 def evaluation_transform(resize: int = 256, crop: int = 224) -> v2.Compose:

@@ -7,7 +7,7 @@ a folder of equally sized images loaded once), so each view of a batch is cut in
 boxes drawn with RandomResizedCrop's rule (scale, aspect ratio 3/4-4/3, 10 tries, whole
 image as fallback), bicubic resampling with ``grid_sample``, horizontal flip with p = 0.5,
 and the photometric parameters drawn batched with the per-view probabilities of
-:func:`~dinossl.data.photometric_params.view_photometry`. The result is the same
+:mod:`~dinossl.data.crop_recipe`. The result is the same
 :class:`~dinossl.data.photometric_params.RawCrops` the per-image path yields, so the
 device-side photometric step is shared.
 
@@ -28,6 +28,7 @@ import torch
 import torch.nn.functional as F
 
 from dinossl.config import CropConfig
+from dinossl.data.crop_recipe import FLIP_P, CropRecipe, ViewPhotometry, crop_recipe
 from dinossl.data.images import ArrayImages, ImageFolder, UnreadableImage
 from dinossl.data.photometric_params import (
     BLUR_SIGMA,
@@ -38,9 +39,7 @@ from dinossl.data.photometric_params import (
     ORDER,
     SOLARIZE,
     RawCrops,
-    ViewPhotometry,
     identity_params,
-    view_photometry,
 )
 from dinossl.errors import DataError
 
@@ -155,14 +154,11 @@ def batch_generator(seed: int, epoch: int, step: int) -> torch.Generator:
 
 
 class BatchedMultiCrops:
-    """uint8 images (B, 3, H, W) -> [global 1, global 2, local 1..N] as RawCrops, one batched
-    crop/resize per view (DINO's per-view blur and solarisation probabilities)."""
+    """uint8 images (B, 3, H, W) -> one RawCrops per view of the crop recipe (global views
+    first), one batched crop/resize per view."""
 
-    def __init__(self, crops: CropConfig) -> None:
-        global_1, global_2, local = view_photometry(crops)
-        self.views = [(crops.global_size, tuple(crops.global_scale), global_1),
-                      (crops.global_size, tuple(crops.global_scale), global_2)]
-        self.views += [(crops.local_size, tuple(crops.local_scale), local)] * crops.num_local
+    def __init__(self, crops: CropConfig | CropRecipe) -> None:
+        self.recipe = crop_recipe(crops)
 
     def __call__(self, images: torch.Tensor, generator: torch.Generator, rank: int = 0,
                  world_size: int = 1) -> list[RawCrops]:
@@ -172,11 +168,11 @@ class BatchedMultiCrops:
         batch, _, height, width = images.shape
         rows = torch.arange(rank, batch * world_size, world_size)
         views = []
-        for size, scale, photometry in self.views:
-            boxes = random_resized_boxes(batch * world_size, height, width, scale, generator)[rows]
-            flip = (torch.rand(batch * world_size, generator=generator) < 0.5)[rows]
-            params = draw_params_batch(photometry, batch * world_size, generator)[rows]
-            views.append(RawCrops(resample_boxes(images, boxes, size, flip), params))
+        for view in self.recipe.views:
+            boxes = random_resized_boxes(batch * world_size, height, width, view.scale, generator)[rows]
+            flip = (torch.rand(batch * world_size, generator=generator) < FLIP_P)[rows]
+            params = draw_params_batch(view.photometry, batch * world_size, generator)[rows]
+            views.append(RawCrops(resample_boxes(images, boxes, view.size, flip), params))
         return views
 
 
@@ -184,7 +180,7 @@ class BatchedCropLoader:
     """Iterates this process's batches of an epoch as (views, labels (B,), 0 skipped images),
     views being RawCrops like the per-image loader's; the sampler decides which images."""
 
-    def __init__(self, source: ArrayImages, sampler, batch_size: int, crops: CropConfig, seed: int) -> None:
+    def __init__(self, source: ArrayImages, sampler, batch_size: int, crops: CropConfig | CropRecipe, seed: int) -> None:
         self.pixels = torch.from_numpy(source.pixels).permute(0, 3, 1, 2)  # (N, 3, H, W) uint8 view
         self.labels = torch.from_numpy(source.labels)
         self.sampler, self.batch_size, self.seed = sampler, batch_size, seed

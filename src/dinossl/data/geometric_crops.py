@@ -15,18 +15,19 @@ from torchvision.transforms import v2
 from torchvision.transforms.v2 import functional as TF
 
 from dinossl.config import CropConfig
-from dinossl.data.photometric_params import RawCrops, ViewPhotometry, draw_params, view_photometry
+from dinossl.data.crop_recipe import FLIP_P, CropRecipe, ViewSpec, crop_recipe
+from dinossl.data.photometric_params import RawCrops, draw_params
 
 
 class _GeometricView:
     """PIL image -> RawCrops(uint8 (3, S, S), params (NUM_PARAMS,)) for one view."""
 
-    def __init__(self, size: int, scale: tuple[float, float], photometry: ViewPhotometry) -> None:
+    def __init__(self, view: ViewSpec) -> None:
         self.geometry = v2.Compose([
-            v2.RandomResizedCrop(size, scale=tuple(scale), interpolation=InterpolationMode.BICUBIC),
-            v2.RandomHorizontalFlip(p=0.5),
+            v2.RandomResizedCrop(view.size, scale=tuple(view.scale), interpolation=InterpolationMode.BICUBIC),
+            v2.RandomHorizontalFlip(p=FLIP_P),
         ])
-        self.photometry = photometry
+        self.photometry = view.photometry
 
     def __call__(self, image: Image.Image) -> RawCrops:
         crop = self.geometry(image)
@@ -35,16 +36,12 @@ class _GeometricView:
 
 
 class GeometricMultiCrop:
-    """PIL image -> [global 1, global 2, local 1..N], each a :class:`RawCrops` with uint8
-    pixels (3, S, S) and its drawn (NUM_PARAMS,) photometric parameters (DINO's per-view
-    probabilities: blur 1.0 on global 1; blur 0.1 and solarise 0.2 on global 2; blur 0.5 on locals)."""
+    """PIL image -> one :class:`RawCrops` per view of the crop recipe (global views first), with
+    uint8 pixels (3, S, S) and its drawn (NUM_PARAMS,) photometric parameters."""
 
-    def __init__(self, crops: CropConfig) -> None:
-        global_1, global_2, local = view_photometry(crops)
-        self.global_1 = _GeometricView(crops.global_size, crops.global_scale, global_1)
-        self.global_2 = _GeometricView(crops.global_size, crops.global_scale, global_2)
-        self.local = _GeometricView(crops.local_size, crops.local_scale, local)
-        self.num_local = crops.num_local
+    def __init__(self, crops: CropConfig | CropRecipe) -> None:
+        self.recipe = crop_recipe(crops)
+        self.views = [_GeometricView(view) for view in self.recipe.views]
 
     def __call__(self, image: Image.Image) -> list[RawCrops]:
-        return [self.global_1(image), self.global_2(image)] + [self.local(image) for _ in range(self.num_local)]
+        return [view(image) for view in self.views]

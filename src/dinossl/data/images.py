@@ -120,12 +120,3 @@ class ArrayImages:
 
     def load(self, index: int) -> tuple[Image.Image, int]:
         return Image.fromarray(self.pixels[index]), int(self.labels[index])
-
-
-def open_images(path: str | Path | None, split: str = "train") -> ImageFolder | ArrayImages:
-    """A folder of images, or the built-in CIFAR-10 sample's ``split`` when ``path`` is None."""
-    if path is None:
-        from dinossl.data.sample import load_sample
-
-        return load_sample(split)
-    return ImageFolder(path)

@@ -16,6 +16,7 @@ from torch.utils.data import DataLoader, Dataset, Sampler
 
 from dinossl.config import DataConfig
 from dinossl.data.augment import MultiCropAugmentation
+from dinossl.data.crop_recipe import CropRecipe
 from dinossl.data.geometric_crops import GeometricMultiCrop
 from dinossl.data.images import ImageSource, UnreadableImage
 from dinossl.data.photometric_params import RawCrops
@@ -28,13 +29,15 @@ def sample_seed(seed: int, epoch: int, index: int) -> int:
     return int(np.random.SeedSequence([seed, epoch, index]).generate_state(2, dtype=np.uint32).view(np.uint64)[0] >> 1)
 
 
-def build_multicrop_transform(data: DataConfig) -> Callable:
+def build_multicrop_transform(data: DataConfig, recipe: Optional[CropRecipe] = None) -> Callable:
     """The per-image transform for ``data.photometric``: "loader" -> normalised float crops
     (:class:`MultiCropAugmentation`); "device" -> uint8 crops with their photometric parameters
-    (:class:`GeometricMultiCrop`), augmented later on the training device."""
+    (:class:`GeometricMultiCrop`), augmented later on the training device. ``recipe`` defaults
+    to the one ``data.crops`` describes."""
+    recipe = recipe or CropRecipe.from_config(data.crops)
     if data.photometric == "device":
-        return GeometricMultiCrop(data.crops)
-    return MultiCropAugmentation(data.crops)
+        return GeometricMultiCrop(recipe)
+    return MultiCropAugmentation(recipe)
 
 
 class MultiCropDataset(Dataset):

@@ -13,12 +13,11 @@ makes the same random decisions in both modes; only the pixel arithmetic differs
 
 from __future__ import annotations
 
-from dataclasses import dataclass
 from typing import NamedTuple, Optional
 
 import torch
 
-from dinossl.config import CropConfig
+from dinossl.data.crop_recipe import ViewPhotometry
 
 # Layout of the parameter vector.
 JITTER = 0  # 1.0 when colour jitter applies to this crop
@@ -32,39 +31,12 @@ NUM_PARAMS = 12
 JITTER_FACTORS = (BRIGHTNESS, CONTRAST, SATURATION, HUE)  # indexed by jitter op id
 IDENTITY_FACTORS = (1.0, 1.0, 1.0, 0.0)
 
-# DINO's per-view probabilities (the same numbers as MultiCropAugmentation's).
-GLOBAL_1_BLUR_P, GLOBAL_2_BLUR_P, LOCAL_BLUR_P = 1.0, 0.1, 0.5
-GLOBAL_2_SOLARIZE_P = 0.2
-
-
 class RawCrops(NamedTuple):
     """One view of one image (pixels (3, S, S), params (NUM_PARAMS,)) or of a batch
     (pixels (B, 3, S, S), params (B, NUM_PARAMS)): uint8 pixels, float32 parameters."""
 
     pixels: torch.Tensor
     params: torch.Tensor
-
-
-@dataclass(frozen=True)
-class ViewPhotometry:
-    """Probabilities and ranges of one view's photometric augmentation."""
-
-    color_jitter: tuple[float, float, float, float]  # brightness, contrast, saturation, hue strengths
-    color_jitter_p: float
-    grayscale_p: float
-    blur_p: float
-    blur_radius: tuple[float, float]  # sigma ~ U[min, max]
-    solarize_p: float
-
-
-def view_photometry(crops: CropConfig) -> tuple[ViewPhotometry, ViewPhotometry, ViewPhotometry]:
-    """Settings of (global view 1, global view 2, local views) under DINO's recipe."""
-
-    def view(blur_p: float, solarize_p: float) -> ViewPhotometry:
-        return ViewPhotometry(tuple(crops.color_jitter), crops.color_jitter_p, crops.grayscale_p, blur_p,
-                              tuple(crops.blur_radius), solarize_p)
-
-    return view(GLOBAL_1_BLUR_P, 0.0), view(GLOBAL_2_BLUR_P, GLOBAL_2_SOLARIZE_P), view(LOCAL_BLUR_P, 0.0)
 
 
 def _factor_range(strength: float, is_hue: bool) -> Optional[tuple[float, float]]:

@@ -3,7 +3,8 @@
 ``cifar10_sample.npz`` holds ``jpeg`` (all JPEG files concatenated, uint8), ``offsets``
 (N + 1 int64 byte offsets), ``labels`` (N int64), ``split`` (N uint8: 0 train, 1 held-out)
 and ``classes`` (unicode names). It is built by ``scripts/make_sample.py`` from the
-CIFAR-10 JPEG export (Krizhevsky 2009).
+CIFAR-10 JPEG export (Krizhevsky 2009). :func:`open_images` falls back to it when a run names
+no image folder.
 """
 
 from __future__ import annotations
@@ -11,11 +12,12 @@ from __future__ import annotations
 import io
 from functools import lru_cache
 from importlib import resources
+from pathlib import Path
 
 import numpy as np
 from PIL import Image
 
-from dinossl.data.images import ArrayImages
+from dinossl.data.images import ArrayImages, ImageFolder
 
 SAMPLE_FILE = "cifar10_sample.npz"
 SPLITS = {"train": 0, "heldout": 1}
@@ -40,3 +42,10 @@ def load_sample(split: str = "train") -> ArrayImages:
     pixels, labels, splits, classes = _decoded()
     keep = splits == SPLITS[split]
     return ArrayImages(pixels[keep], labels[keep], classes)
+
+
+def open_images(path: str | Path | None, split: str = "train") -> ImageFolder | ArrayImages:
+    """A folder of images, or the built-in sample's ``split`` when ``path`` is None."""
+    if path is None:
+        return load_sample(split)
+    return ImageFolder(path)

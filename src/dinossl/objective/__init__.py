@@ -2,6 +2,22 @@
 
 from dinossl.objective.collapse import CollapseMonitor
 from dinossl.objective.loss import DINOLoss
-from dinossl.objective.schedules import cosine_schedule, teacher_temperature_schedule
+from dinossl.objective.schedules import (
+    StepValues,
+    TrainingSchedules,
+    build_schedules,
+    cosine_schedule,
+    scaled_lr,
+    teacher_temperature_schedule,
+)
 
-__all__ = ["CollapseMonitor", "DINOLoss", "cosine_schedule", "teacher_temperature_schedule"]
+__all__ = [
+    "CollapseMonitor",
+    "DINOLoss",
+    "StepValues",
+    "TrainingSchedules",
+    "build_schedules",
+    "cosine_schedule",
+    "scaled_lr",
+    "teacher_temperature_schedule",
+]

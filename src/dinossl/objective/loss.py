@@ -9,15 +9,18 @@ from torch.nn import functional as F
 
 
 class DINOLoss(nn.Module):
-    """H(P_t(i), P_s(v)) averaged over teacher views i in {0, 1} and student views v != i.
+    """H(P_t(i), P_s(v)) averaged over the teacher's views i (the recipe's global views, 2 in
+    DINO) and the student's views v != i.
 
     P_s = softmax(student / student_temp); P_t = softmax((teacher - center) / teacher_temp).
     The center (1, K) is an EMA of the teacher's batch mean (all-reduced across processes
     when distributed), updated after the loss is computed.
     """
 
-    def __init__(self, out_dim: int, student_temp: float = 0.1, center_momentum: float = 0.9) -> None:
+    def __init__(self, out_dim: int, student_temp: float = 0.1, center_momentum: float = 0.9,
+                 num_teacher_views: int = 2) -> None:
         super().__init__()
+        self.num_teacher_views = num_teacher_views
         self.student_temp = student_temp
         self.center_momentum = center_momentum
         self.register_buffer("center", torch.zeros(1, out_dim))
@@ -32,8 +35,8 @@ class DINOLoss(nn.Module):
         """Loss for one batch.
 
         Args:
-            student_logits: (V * B, K), views in order (global 1, global 2, locals...).
-            teacher_logits: (2 * B, K), the two global views.
+            student_logits: (V * B, K), views in the recipe's order (global views first).
+            teacher_logits: (G * B, K), the G global views.
             teacher_temp: the teacher temperature of the current epoch.
             update_center: apply the center EMA after computing the loss.
 
@@ -41,7 +44,7 @@ class DINOLoss(nn.Module):
             The scalar loss and detached diagnostics: ``teacher_entropy`` (mean H(P_t)) and
             ``kl`` (mean KL(P_t || P_s) over the same pairs as the loss).
         """
-        num_teacher_views = 2
+        num_teacher_views = self.num_teacher_views
         batch = teacher_logits.shape[0] // num_teacher_views
         num_views = student_logits.shape[0] // batch
         if num_views < num_teacher_views or num_views * batch != student_logits.shape[0]:
@@ -77,9 +80,9 @@ class DINOLoss(nn.Module):
     def update_center(self, teacher_logits: torch.Tensor) -> None:
         """center <- m * center + (1 - m) * mean of the teacher logits over the global batch."""
         batch_sum = teacher_logits.float().sum(dim=0, keepdim=True)
-        count = torch.tensor([teacher_logits.shape[0]], dtype=torch.float32, device=batch_sum.device)
+        count = teacher_logits.shape[0]  # the same on every process (whole batches only)
         if dist.is_available() and dist.is_initialized() and dist.get_world_size() > 1:
             dist.all_reduce(batch_sum)
-            dist.all_reduce(count)
+            count *= dist.get_world_size()
         batch_mean = batch_sum / count
         self.center.mul_(self.center_momentum).add_(batch_mean, alpha=1 - self.center_momentum)

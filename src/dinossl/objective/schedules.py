@@ -1,8 +1,13 @@
-"""Per-iteration and per-epoch schedules: lr, weight decay, teacher momentum and temperature."""
+"""Per-iteration and per-epoch schedules: lr (and its scaling rule), weight decay, teacher momentum
+and temperature, the last layer's freeze."""
 
 from __future__ import annotations
 
+from dataclasses import dataclass
+
 import numpy as np
+
+from dinossl.config import LossConfig, OptimConfig
 
 
 def cosine_schedule(
@@ -42,3 +47,56 @@ def teacher_temperature_schedule(
     warmup = np.linspace(warmup_temp, final_temp, warmup_epochs)
     constant = np.full(max(epochs - warmup_epochs, 0), final_temp)
     return np.concatenate([warmup, constant])[:epochs]
+
+
+def scaled_lr(base_lr: float, global_batch: int, reference_batch: int = 256) -> float:
+    """The linear scaling rule: ``base_lr * global_batch / reference_batch`` (DINO and the linear
+    probe use 256, the DeiT fine-tuning recipe 512)."""
+    return base_lr * global_batch / float(reference_batch)
+
+
+@dataclass(frozen=True)
+class StepValues:
+    """What the schedules prescribe for one iteration."""
+
+    lr: float
+    weight_decay: float
+    momentum: float  # teacher EMA momentum
+    teacher_temp: float
+    freeze_last_layer: bool  # the head's last layer gets no update
+
+
+@dataclass(frozen=True)
+class TrainingSchedules:
+    """Per-iteration lr, weight decay and teacher momentum, per-epoch teacher temperature, and
+    the epochs during which the head's last layer is frozen."""
+
+    lr: np.ndarray
+    weight_decay: np.ndarray
+    momentum: np.ndarray
+    teacher_temp: np.ndarray
+    freeze_last_layer_epochs: int
+    steps_per_epoch: int
+
+    def at(self, step: int) -> StepValues:
+        """The values of (0-based) iteration ``step``."""
+        epoch = step // self.steps_per_epoch
+        return StepValues(float(self.lr[step]), float(self.weight_decay[step]), float(self.momentum[step]),
+                          float(self.teacher_temp[epoch]), epoch < self.freeze_last_layer_epochs)
+
+
+def build_schedules(optim: OptimConfig, loss: LossConfig, epochs: int, steps_per_epoch: int,
+                    global_batch: int) -> TrainingSchedules:
+    """DINO's schedules for a run: lr warmed up to the scaled base lr then cosine to ``min_lr``,
+    weight decay and teacher momentum cosine to their final values, teacher temperature warmed
+    up per epoch."""
+    peak_lr = scaled_lr(optim.base_lr, global_batch)
+    return TrainingSchedules(
+        lr=cosine_schedule(peak_lr, optim.min_lr, epochs, steps_per_epoch, optim.warmup_epochs),
+        weight_decay=cosine_schedule(optim.weight_decay, optim.weight_decay_end, epochs, steps_per_epoch),
+        momentum=cosine_schedule(optim.momentum_teacher, 1.0, epochs, steps_per_epoch),
+        teacher_temp=teacher_temperature_schedule(loss.warmup_teacher_temp, loss.teacher_temp,
+                                                  loss.warmup_teacher_temp_epochs, epochs),
+        freeze_last_layer_epochs=optim.freeze_last_layer,
+        steps_per_epoch=steps_per_epoch,
+    )

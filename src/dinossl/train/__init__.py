@@ -1,23 +1,19 @@
-"""Training: the loop, teacher EMA, optimiser, checkpoints, distributed setup, run log.
+"""Training: the distiller (student, teacher, loss, optimiser, EMA), the loop, checkpoints and
+the run folder, the run log and step statistics."""
 
-``train``, ``build_run``, ``train_one_epoch``, ``training_step`` and ``TrainResult`` come from
-:mod:`dinossl.train.trainer`, imported on first use so that the small modules of this package
-(checkpoint, distributed) stay cheap to import.
-"""
-
-from __future__ import annotations
-
-from typing import Any
-
+from dinossl.train.distiller import Distiller, build_distiller
 from dinossl.train.step_stats import NonFiniteLoss
+from dinossl.train.trainer import MonitorReport, RunMonitor, TrainingRun, TrainResult, build_run, train, train_one_epoch
 
-_TRAINER_NAMES = ("TrainResult", "build_run", "train", "train_one_epoch", "training_step")
-__all__ = ["NonFiniteLoss", *_TRAINER_NAMES]
-
-
-def __getattr__(name: str) -> Any:
-    if name in _TRAINER_NAMES:
-        from dinossl.train import trainer
-
-        return getattr(trainer, name)
-    raise AttributeError(f"module 'dinossl.train' has no attribute {name!r}")
+__all__ = [
+    "Distiller",
+    "MonitorReport",
+    "NonFiniteLoss",
+    "RunMonitor",
+    "TrainResult",
+    "TrainingRun",
+    "build_distiller",
+    "build_run",
+    "train",
+    "train_one_epoch",
+]

@@ -1,9 +1,10 @@
-"""Training checkpoints: saved atomically, read safely, and the released-weights export.
+"""Training checkpoints: what they hold, written atomically, read safely, restored into a
+:class:`~dinossl.train.distiller.Distiller`; and the teacher backbone exported at the end.
 
 A checkpoint is a dict in the reference layout: ``student`` and ``teacher`` state dicts
 (``backbone.*`` / ``head.*``), ``optimizer``, ``epoch`` (epochs completed), ``dino_loss``
 (``center``, 1 x K) and ``fp16_scaler``, plus ``config`` (a plain dict instead of the
-reference's pickled argparse Namespace), ``step`` and ``world_size``.
+reference's pickled argparse Namespace), ``step``, ``world_size`` and ``global_batch``.
 """
 
 from __future__ import annotations
@@ -12,17 +13,29 @@ from pathlib import Path
 from typing import Any
 
 import torch
-from safetensors.torch import save_file
 
+from dinossl.config import Config
 from dinossl.errors import CheckpointError
 from dinossl.safe_files import read_weights_file, write_atomic
-
-__all__ = [
-    "CHECKPOINT_NAME", "backbone_state_dict", "export_backbone", "read_checkpoint", "save_checkpoint",
-    "write_atomic",  # lives in dinossl.safe_files; still importable from here
-]
+from dinossl.train.distiller import Distiller
+from dinossl.weights import write_backbone
 
 CHECKPOINT_NAME = "checkpoint.pth"
+EXPORT_STEM = "teacher_backbone"
+EXPORT_FORMATS = ("pth", "safetensors")
+
+
+def training_state(distiller: Distiller, config: Config, epochs_done: int, steps_per_epoch: int,
+                   world_size: int, global_batch: int) -> dict[str, Any]:
+    """The checkpoint of a run after ``epochs_done`` epochs."""
+    return {
+        **distiller.state_dict(),
+        "epoch": epochs_done,
+        "step": epochs_done * steps_per_epoch,
+        "config": config.to_dict(),
+        "world_size": world_size,
+        "global_batch": global_batch,
+    }
 
 
 def save_checkpoint(state: dict[str, Any], path: str | Path) -> None:
@@ -43,17 +56,24 @@ def read_checkpoint(path: str | Path) -> dict[str, Any]:
     return read_weights_file(path)
 
 
+def restore_training_state(distiller: Distiller, checkpoint: dict[str, Any], source: str | Path) -> int:
+    """Load a checkpoint into ``distiller``; returns the number of epochs it had completed."""
+    try:
+        distiller.load_state_dict(checkpoint)
+    except (KeyError, RuntimeError, ValueError) as exc:
+        raise CheckpointError(f"{source} does not fit this model ({str(exc).splitlines()[0]})") from exc
+    return int(checkpoint["epoch"])
+
+
 def backbone_state_dict(network_state: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
     """The ``backbone.*`` entries of a student/teacher state dict, prefix removed."""
     prefix = "backbone."
     return {k[len(prefix):]: v for k, v in network_state.items() if k.startswith(prefix)}
 
 
-def export_backbone(state: dict[str, torch.Tensor], path_stem: str | Path) -> list[Path]:
-    """Write ``<stem>.pth`` (plain state dict) and ``<stem>.safetensors``, atomically."""
-    stem = Path(path_stem)
-    tensors = {k: v.detach().cpu().contiguous() for k, v in state.items()}
-    pth, safe = stem.with_suffix(".pth"), stem.with_suffix(".safetensors")
-    write_atomic(pth, lambda tmp: torch.save(tensors, tmp))
-    write_atomic(safe, lambda tmp: save_file(tensors, tmp))
-    return [pth, safe]
+def export_teacher_backbone(distiller: Distiller, output_dir: str | Path) -> list[Path]:
+    """Write the teacher's backbone as ``teacher_backbone.pth`` and ``.safetensors`` in the run
+    folder (replacing an earlier export of the same run)."""
+    state = backbone_state_dict(distiller.teacher.state_dict())
+    stem = Path(output_dir) / EXPORT_STEM
+    return [write_backbone(state, stem.with_suffix(f".{fmt}"), fmt, overwrite=True) for fmt in EXPORT_FORMATS]

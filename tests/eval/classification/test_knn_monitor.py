@@ -1,0 +1,41 @@
+import json
+
+import torch
+
+from dinossl.eval.classification.knn_monitor import (
+    KNN_METRIC,
+    SampleKnnDuringTraining,
+    SampleKnnMonitor,
+    knn_against_random_init,
+)
+from dinossl.train import build_run, train
+from tests.train.test_trainer import tiny_config
+
+
+def _cheap(monitor: SampleKnnMonitor, queries: int = 300) -> SampleKnnMonitor:
+    monitor.query_source.pixels = monitor.query_source.pixels[:queries]
+    monitor.query_source.labels = monitor.query_source.labels[:queries]
+    return monitor
+
+
+def test_knn_against_random_init_reports_a_bootstrap_interval(tmp_path, tiny_image_folder):
+    config = tiny_config(tiny_image_folder)
+    run = build_run(config, tmp_path / "run")
+    monitor = _cheap(SampleKnnMonitor(32, torch.device("cpu")))
+    result = knn_against_random_init(config, run.distiller.teacher.backbone, monitor)  # still its random init
+    assert result["trained"] == result["random_init"] and result["gain_ci95"] == [0.0, 0.0]
+    assert 15.0 < result["random_init"] < 45.0  # 10 classes: well above chance for the sample
+    assert result["query_images"] == 300
+
+
+def test_the_trainer_logs_what_the_monitor_reports(tmp_path, tiny_image_folder):
+    config = tiny_config(tiny_image_folder)
+    monitor = SampleKnnDuringTraining(config, every=1, at_end=True)
+    monitor._scorer = _cheap(SampleKnnMonitor(32, torch.device("cpu")), 200)
+    result = train(config, tmp_path / "run", monitors=[monitor])
+    records = [json.loads(line) for line in (tmp_path / "run" / "log.jsonl").read_text().splitlines()]
+    per_epoch = [r for r in records if r["kind"] == "knn"]
+    assert [r["epoch"] for r in per_epoch] == list(range(1, config.train.epochs + 1))
+    final = [r for r in records if r["kind"] == "result"]
+    assert len(final) == 1 and final[0]["metric"] == KNN_METRIC and result.reports == final
+    assert "trained teacher" in SampleKnnDuringTraining.summary(final[0])
