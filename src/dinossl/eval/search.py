@@ -87,7 +87,7 @@ def read_tile(matrix: Any, start: int, stop: int, device: torch.device,
     ``device``, after ``transform`` when given. All-zero rows stay zero."""
     block = matrix[start:stop]
     if not isinstance(block, torch.Tensor):
-        block = torch.from_numpy(np.ascontiguousarray(block))
+        block = torch.from_numpy(np.require(block, requirements=["C", "W"]))  # copies read-only maps
     block = block.to(device=device, dtype=torch.float32)
     if transform is not None:
         block = transform(block)

@@ -28,8 +28,8 @@ DATASETS = ("roxford5k", "rparis6k")
 # (module, name) pairs the unpickler may resolve: builtin data types, and what numpy arrays,
 # dtypes and scalars pickle into (numpy 1.x and 2.x module names; protocol 2 bytes).
 _ALLOWED_GLOBALS = frozenset({
-    ("builtins", "set"), ("builtins", "frozenset"), ("builtins", "complex"), ("builtins", "bytearray"),
-    ("__builtin__", "set"), ("__builtin__", "frozenset"), ("__builtin__", "complex"),
+    *((module, name) for module in ("builtins", "__builtin__")
+      for name in ("set", "frozenset", "complex", "bytes", "bytearray")),
     ("_codecs", "encode"),
     ("numpy", "ndarray"), ("numpy", "dtype"),
     ("numpy.core.multiarray", "_reconstruct"), ("numpy._core.multiarray", "_reconstruct"),
@@ -38,13 +38,17 @@ _ALLOWED_GLOBALS = frozenset({
 })
 
 
+class _Refused(pickle.UnpicklingError):
+    """A global outside the allowed set."""
+
+
 class _DataOnlyUnpickler(pickle.Unpickler):
     """Unpickler that resolves only :data:`_ALLOWED_GLOBALS`."""
 
     def find_class(self, module: str, name: str) -> Any:
         if (module, name) in _ALLOWED_GLOBALS:
             return super().find_class(module, name)
-        raise pickle.UnpicklingError(f"it would import {module}.{name}")
+        raise _Refused(f"it would import {module}.{name}")
 
 
 def read_data_pickle(path: str | Path) -> Any:
@@ -54,7 +58,7 @@ def read_data_pickle(path: str | Path) -> Any:
         raise DataError(f"ground-truth file {path} does not exist")
     try:
         return _DataOnlyUnpickler(io.BytesIO(path.read_bytes())).load()
-    except pickle.UnpicklingError as exc:
+    except _Refused as exc:
         raise DataError(f"{path}: refused to unpickle ({exc}); only builtin data and numpy arrays are read, "
                         "since loading anything else could run code") from exc
     except Exception as exc:  # truncated or not a pickle: many exception types

@@ -206,6 +206,9 @@ def _readable_chunks(store: FeatureStore, rows: np.ndarray, chunk: int = 65536):
 
 def folder_whitening(store: FeatureStore, rows: np.ndarray) -> Whitening:
     """Whitening learned on the store's readable rows, chunk by chunk."""
+    if len(rows) < 10 * store.dim:
+        log.warning("whitening learned on %d images for %d dimensions: with fewer images than about ten times the "
+                    "dimensions it mostly separates every image from every other", len(rows), store.dim)
     return learn_whitening(_readable_chunks(store, rows))
 
 

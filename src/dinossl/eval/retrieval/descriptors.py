@@ -133,8 +133,8 @@ def _rgb(image: Image.Image, name: str) -> tuple[Image.Image, Optional[str]]:
 
 def _crop_box(image: Image.Image, box: Box, name: str) -> Image.Image:
     width, height = image.size
-    x1, y1 = max(0, math.floor(box[0])), max(0, math.floor(box[1]))
-    x2, y2 = min(width, math.ceil(box[2])), min(height, math.ceil(box[3]))
+    x1, y1, x2, y2 = (round(v) for v in box)  # as PIL's crop rounds a float box (the benchmark's own code)
+    x1, y1, x2, y2 = max(0, x1), max(0, y1), min(width, x2), min(height, y2)
     if x2 <= x1 or y2 <= y1:
         raise DataError(f"{name}: region {list(box)} lies outside the {width}x{height} image")
     return image.crop((x1, y1, x2, y2))
