@@ -99,8 +99,10 @@ def test_top_k_on_arrays_memory_maps_and_subsets_equals_the_tensor_search(tmp_pa
 
 
 def test_tile_bytes_formula():
-    # 4096 x 4096 similarities (4 bytes) + two masks (1 byte each) + two 4096 x 384 float32 tiles.
-    assert pairs_tile_bytes(384, 4096) == 4096 * 4096 * 6 + 2 * 4096 * 384 * 4
+    # 4096 x 4096 similarities (4 bytes) + two masks (1 byte each) + two 4096 x 384 float32 tiles
+    # + one tile read (float16) and converted (float32).
+    assert pairs_tile_bytes(384, 4096) == 4096 * 4096 * 6 + 2 * 4096 * 384 * 4 + 4096 * 384 * 6
+    assert pairs_tile_bytes(384, 4096) / 2**20 == pytest.approx(117, abs=0.5)
 
 
 def test_backends_without_faiss(monkeypatch):

@@ -8,9 +8,9 @@ memory used beyond the inputs is bounded by the tile sizes, whatever the number 
 
 * :func:`nearest_neighbours`: about ``query_chunk x bank_chunk`` float32 similarities plus the
   two normalised tiles (``(query_chunk + bank_chunk) x d`` floats);
-* :func:`pairs_above`: about ``tile x tile`` similarities (4 bytes each) and two boolean masks
-  of that size (1 byte each), plus two ``tile x d`` float32 tiles and the pairs found
-  (:func:`pairs_tile_bytes`).
+* :func:`pairs_above`: ``tile x tile`` similarities (4 bytes each) and two boolean masks of that
+  size (1 byte each), two normalised ``tile x d`` float32 tiles and the copies of a tile being
+  read, plus the pairs found (:func:`pairs_tile_bytes`).
 
 Results do not depend on the tile sizes: neighbours are ordered by decreasing similarity,
 equal similarities by increasing index; pairs by decreasing similarity, then by index.
@@ -225,10 +225,11 @@ def pairs_above(
 
 
 def pairs_tile_bytes(dim: int, tile: int = 4096) -> int:
-    """Bytes :func:`pairs_above` allocates per tile on the torch backend, beyond its inputs and
-    the pairs it returns: the similarity tile (float32), the comparison and triangle masks
-    (bool), and the row and column tiles (float32)."""
-    return tile * tile * (4 + 1 + 1) + 2 * tile * dim * 4
+    """Bytes :func:`pairs_above` holds at once on the torch backend, beyond its inputs and the
+    pairs it returns: the similarity tile (float32) with its comparison and triangle masks
+    (bool), the normalised row and column tiles (float32), and the transient copies of a tile
+    being read (its stored float16 rows, and float32 before normalisation)."""
+    return tile * tile * (4 + 1 + 1) + 2 * tile * dim * 4 + tile * dim * (2 + 4)
 
 
 # ---------------------------------------------------------------------------------------------

@@ -199,17 +199,17 @@ def index_images(backbone: nn.Module, files: Sequence[Path], store_folder: str |
     return store, report
 
 
-def _readable_chunks(store: FeatureStore, rows: np.ndarray, chunk: int = 65536):
+def _readable_chunks(store: FeatureStore, rows: np.ndarray, chunk: int):
     for start in range(0, len(rows), chunk):
         yield torch.from_numpy(np.asarray(store.features[rows[start:start + chunk]], dtype=np.float32))
 
 
-def folder_whitening(store: FeatureStore, rows: np.ndarray) -> Whitening:
-    """Whitening learned on the store's readable rows, chunk by chunk."""
+def folder_whitening(store: FeatureStore, rows: np.ndarray, chunk: int = 4096) -> Whitening:
+    """Whitening learned on the store's readable rows, ``chunk`` rows at a time."""
     if len(rows) < 10 * store.dim:
         log.warning("whitening learned on %d images for %d dimensions: with fewer images than about ten times the "
                     "dimensions it mostly separates every image from every other", len(rows), store.dim)
-    return learn_whitening(_readable_chunks(store, rows))
+    return learn_whitening(_readable_chunks(store, rows, chunk))
 
 
 def connected_groups(n: int, first: np.ndarray, second: np.ndarray) -> list[np.ndarray]:
@@ -309,7 +309,7 @@ def run_dedupe(run: BackboneRun, folder: str | Path, settings: DedupeSettings = 
     settings.spec.check(backbone)
     store, report = index_images(backbone, files, out / INDEX, identity, settings, run, device, overwrite, names)
     rows = store.readable_rows()
-    whitening = folder_whitening(store, rows) if settings.whiten else None
+    whitening = folder_whitening(store, rows, settings.tile) if settings.whiten else None
     start = time.perf_counter()
     found = pairs_above(RowSubset(store.features, rows), settings.threshold, tile=settings.tile, transform=whitening,
                         device=device, max_pairs=settings.max_pairs, backend=settings.backend)
@@ -357,12 +357,13 @@ def run_query(run: BackboneRun, folder: str | Path, queries: Sequence[str | Path
     settings.spec.check(backbone)
     store, report = index_images(backbone, files, out / INDEX, identity, settings, run, device, overwrite, names)
     rows = store.readable_rows()
-    whitening = folder_whitening(store, rows) if settings.whiten else None
+    whitening = folder_whitening(store, rows, settings.tile) if settings.whiten else None
     described = describe_images(backbone, [ImageRequest(q) for q in query_files], settings.resize, settings.spec,
                                 device=device, batch_size=run.batch_size, num_workers=0, label="queries")
     k = min(settings.top_k, len(rows))
     sims, idx = nearest_neighbours(RowSubset(store.features, rows), F.normalize(described.descriptors, dim=1), k,
-                                   transform=whitening, device=device, backend=settings.backend)
+                                   bank_chunk=settings.tile, transform=whitening, device=device,
+                                   backend=settings.backend)
     neighbours = []
     for q, (row_sims, row_idx) in enumerate(zip(sims.cpu().tolist(), idx.cpu().tolist())):
         neighbours.append({"query": str(query_files[q]),
