@@ -175,7 +175,8 @@ class Pairs:
 
 def _sorted_pairs(first: np.ndarray, second: np.ndarray, similarity: np.ndarray) -> Pairs:
     order = np.lexsort((second, first, -similarity.astype(np.float64)))
-    return Pairs(first[order].astype(np.int64), second[order].astype(np.int64), similarity[order].astype(np.float32))
+    return Pairs(first[order].astype(np.int64, copy=False), second[order].astype(np.int64, copy=False),
+                 similarity[order].astype(np.float32, copy=False))
 
 
 def _check_pair_count(found: int, max_pairs: Optional[int], threshold: float) -> None:
