@@ -67,7 +67,12 @@ def synchronise(device: torch.device) -> None:
 
 
 def search_benchmark(args: argparse.Namespace, device: torch.device) -> dict:
-    from dinossl.eval.search import choose_backend, nearest_neighbours, pairs_above, pairs_tile_bytes
+    from dinossl.eval.search import (
+        choose_backend,
+        nearest_neighbours,
+        pairs_above,
+        pairs_tile_bytes,
+    )
 
     with tempfile.TemporaryDirectory() as tmp:
         rows = synthetic_store(Path(tmp) / "features.npy", args.n, args.dim, args.planted, args.seed)
@@ -107,7 +112,11 @@ def search_benchmark(args: argparse.Namespace, device: torch.device) -> dict:
 
 def folder_benchmark(args: argparse.Namespace, device: torch.device) -> dict:
     from dinossl.eval.retrieval.backbone_run import BackboneRun
-    from dinossl.eval.retrieval.dedupe import DedupeSettings, index_images, list_folder_images
+    from dinossl.eval.retrieval.dedupe import (
+        DedupeSettings,
+        index_images,
+        list_folder_images,
+    )
     from dinossl.eval.search import RowSubset, pairs_above
 
     settings = DedupeSettings(threshold=args.threshold, imsize=args.imsize, tile=args.tile, backend=args.backend)

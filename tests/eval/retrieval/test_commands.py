@@ -87,7 +87,7 @@ def _retrieval_cases():
 def test_retrieval_bad_input(case, revisited_root, tmp_path, capsys, no_weights):
     bench = tmp_path / "bench"
     shutil.copytree(revisited_root, bench)
-    name, prepare, fragment = _retrieval_cases()[case]
+    _, prepare, fragment = _retrieval_cases()[case]
     extra = prepare(bench)
     out = tmp_path / "out"
     _check(capsys, ["eval", "retrieval", "dino_vits16", "--data", str(bench), "--dataset", "roxford5k",

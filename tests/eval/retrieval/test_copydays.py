@@ -100,14 +100,14 @@ def test_copydetection_command_matches_a_direct_computation(copydays_set, vit_we
     vit = load_backbone(vit_weights).eval()
     distractors = sorted((copydays_set / "distractors").glob("*.jpg"))
     database = _direct_descriptors(vit, [*layout.originals, *distractors], imsize)
-    transform = lambda x: x  # noqa: E731
+    transform = lambda x: x
     if whiten:
         learning = _direct_descriptors(vit, sorted((copydays_set / "whitening").glob("*.jpg")), imsize)
         mean = learning.mean(axis=0)
         values, vectors = np.linalg.eigh((learning - mean).T @ (learning - mean) / len(learning))
         values = np.maximum(values, values.max() * 1e-5)
-        transform = lambda x: (x - mean) @ vectors / np.sqrt(values)  # noqa: E731
-    unit = lambda x: x / np.linalg.norm(x, axis=1, keepdims=True)  # noqa: E731
+        transform = lambda x: (x - mean) @ vectors / np.sqrt(values)
+    unit = lambda x: x / np.linalg.norm(x, axis=1, keepdims=True)
     database = unit(transform(database))
     for block in layout.blocks:
         queries = unit(transform(_direct_descriptors(vit, block.queries, imsize)))

@@ -27,7 +27,12 @@ from dinossl.eval.output_folder import usable_output_folder
 from dinossl.eval.results import write_results
 from dinossl.eval.retrieval.backbone_run import BackboneRun, data_label, default_output
 from dinossl.eval.retrieval.copydays_files import CopydaysLayout, open_copydays
-from dinossl.eval.retrieval.descriptors import DescriptorSpec, ImageRequest, Resize, describe_images
+from dinossl.eval.retrieval.descriptors import (
+    DescriptorSpec,
+    ImageRequest,
+    Resize,
+    describe_images,
+)
 from dinossl.eval.retrieval.image_files import check_some_decode, list_images
 from dinossl.eval.retrieval.ranking_metrics import holidays_ap
 from dinossl.eval.retrieval.whitening import Whitening, learn_whitening

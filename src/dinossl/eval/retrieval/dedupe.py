@@ -37,11 +37,24 @@ from dinossl.errors import DataError, DinoError
 from dinossl.eval.image_input import open_image
 from dinossl.eval.retrieval.backbone_run import BackboneRun, data_label, default_output
 from dinossl.eval.retrieval.contact_sheet import contact_sheet
-from dinossl.eval.retrieval.descriptors import DescriptorSpec, ImageRequest, Resize, describe_images, iter_descriptors
+from dinossl.eval.retrieval.descriptors import (
+    DescriptorSpec,
+    ImageRequest,
+    Resize,
+    describe_images,
+    iter_descriptors,
+)
 from dinossl.eval.retrieval.feature_store import FeatureStore, StoreMismatch
 from dinossl.eval.retrieval.image_files import check_some_decode, list_images
 from dinossl.eval.retrieval.whitening import Whitening, learn_whitening
-from dinossl.eval.search import Pairs, RowSubset, choose_backend, nearest_neighbours, pairs_above, pairs_tile_bytes
+from dinossl.eval.search import (
+    Pairs,
+    RowSubset,
+    choose_backend,
+    nearest_neighbours,
+    pairs_above,
+    pairs_tile_bytes,
+)
 from dinossl.safe_files import write_atomic
 
 log = logging.getLogger("dinossl")
@@ -250,7 +263,7 @@ def group_records(groups: list[np.ndarray], pairs: Pairs, names: Sequence[str]) 
     records = []
     for g, nodes in enumerate(groups):
         sims = pairs.similarity[which == g]
-        records.append({"group": g + 1, "size": int(len(nodes)), "pairs": int(len(sims)),
+        records.append({"group": g + 1, "size": len(nodes), "pairs": len(sims),
                         "max_similarity": round(float(sims.max()), 6), "min_similarity": round(float(sims.min()), 6),
                         "images": [names[i] for i in nodes.tolist()]})
     records.sort(key=lambda r: (-r["size"], -r["max_similarity"], r["images"][0]))

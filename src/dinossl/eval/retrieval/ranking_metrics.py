@@ -46,7 +46,7 @@ def trapezoid_ap(positive_ranks: Sequence[int], n_positives: int) -> float:
 def holidays_ap(ranking: Sequence[int], positives: Sequence[int]) -> float:
     """Copydays / Holidays AP of one query: ``ranking`` lists database indices best first (it may
     be cut short); ``positives`` are the query's true matches."""
-    wanted = set(int(p) for p in positives)
+    wanted = {int(p) for p in positives}
     ranks = [rank for rank, index in enumerate(ranking) if int(index) in wanted]
     return trapezoid_ap(ranks, len(wanted))
 
@@ -56,7 +56,7 @@ def positive_ranks_without_junk(ranking: Sequence[int], positives: Sequence[int]
     are taken out. ``ranking`` must hold every positive."""
     ranking = np.asarray(ranking, dtype=np.int64)
     is_positive = np.isin(ranking, np.asarray(positives, dtype=np.int64))
-    if int(is_positive.sum()) != len(set(int(p) for p in positives)):
+    if int(is_positive.sum()) != len({int(p) for p in positives}):
         raise ValueError("the ranking does not hold every positive")
     is_junk = np.isin(ranking, np.asarray(junk, dtype=np.int64))
     junk_before = np.cumsum(is_junk) - is_junk  # junk strictly before each position
@@ -86,7 +86,7 @@ def query_score(ranking: Sequence[int], positives: Sequence[int], junk: Sequence
     if len(positives) == 0:
         return QueryScore(None, {k: None for k in ks})
     ranks = positive_ranks_without_junk(ranking, positives, junk)
-    ap = trapezoid_ap(ranks, len(set(int(p) for p in positives)))
+    ap = trapezoid_ap(ranks, len({int(p) for p in positives}))
     return QueryScore(ap, {k: revisited_precision_at(ranks, k) for k in ks})
 
 

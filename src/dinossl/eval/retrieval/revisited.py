@@ -25,7 +25,13 @@ from dinossl.eval.output_folder import usable_output_folder
 from dinossl.eval.results import write_results
 from dinossl.eval.retrieval.backbone_run import BackboneRun, default_output
 from dinossl.eval.retrieval.benchmark_files import RevisitedBenchmark, open_revisited
-from dinossl.eval.retrieval.descriptors import MULTISCALE, DescriptorSpec, ImageRequest, Resize, describe_images
+from dinossl.eval.retrieval.descriptors import (
+    MULTISCALE,
+    DescriptorSpec,
+    ImageRequest,
+    Resize,
+    describe_images,
+)
 from dinossl.eval.retrieval.image_files import check_some_decode
 from dinossl.eval.retrieval.ranking_metrics import PRECISION_KS, revisited_scores
 from dinossl.eval.search import nearest_neighbours
