@@ -13,7 +13,7 @@ import pytest
 from dinossl.errors import DataError
 from dinossl.eval.retrieval.benchmark_files import open_revisited, read_data_pickle
 
-from .conftest import GROUND_TRUTH, write_gnd
+from tests.eval.retrieval.conftest import GROUND_TRUTH, write_gnd
 
 
 def test_the_built_benchmark_reads_back(revisited_root):

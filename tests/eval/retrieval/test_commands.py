@@ -12,7 +12,7 @@ import pytest
 
 from dinossl.cli import main
 
-from .conftest import write_gnd
+from tests.eval.retrieval.conftest import write_gnd
 
 
 class _RunsCode:

@@ -23,9 +23,10 @@ from torch import nn
 from dinossl.cli import main
 from dinossl.errors import DinoError
 from dinossl.eval.retrieval.backbone_run import BackboneRun
-from dinossl.eval.retrieval.dedupe import check_output_folder, connected_groups
+from dinossl.eval.retrieval.dedupe import check_output_folder, connected_groups, group_records
+from dinossl.eval.search import Pairs
 
-from .conftest import save_jpeg
+from tests.eval.retrieval.conftest import save_jpeg
 
 FAST = ["--num-workers", "0", "--no-progress", "--batch-size", "16"]
 
@@ -35,6 +36,15 @@ def test_connected_groups_by_hand():
     groups = connected_groups(8, np.array([0, 1, 5]), np.array([1, 2, 6]))
     assert [g.tolist() for g in groups] == [[0, 1, 2], [5, 6]]
     assert connected_groups(3, np.array([], dtype=int), np.array([], dtype=int)) == []
+
+
+def test_group_records_by_hand():
+    pairs = Pairs(np.array([5, 0, 1]), np.array([6, 1, 2]), np.array([0.99, 0.95, 0.92], dtype=np.float32))
+    names = [f"img{i}.jpg" for i in range(8)]
+    records = group_records(connected_groups(8, pairs.first, pairs.second), pairs, names)
+    assert [(r["group"], r["size"], r["pairs"], r["max_similarity"], r["min_similarity"]) for r in records] == [
+        (1, 3, 2, pytest.approx(0.95), pytest.approx(0.92)), (2, 2, 1, pytest.approx(0.99), pytest.approx(0.99))]
+    assert records[0]["images"] == ["img0.jpg", "img1.jpg", "img2.jpg"]
 
 
 def test_connected_groups_match_a_graph_search():

@@ -258,8 +258,10 @@ def group_records(groups: list[np.ndarray], pairs: Pairs, names: Sequence[str]) 
     """One record per group: size, its pairs' count and similarity range, member paths."""
     if not groups:
         return []
-    member_of = {int(node): g for g, nodes in enumerate(groups) for node in nodes.tolist()}
-    which = np.fromiter((member_of[int(a)] for a in pairs.first), dtype=np.int64, count=len(pairs))
+    group_of = np.full(int(max(g.max() for g in groups)) + 1, -1, dtype=np.int64)
+    for g, nodes in enumerate(groups):
+        group_of[nodes] = g
+    which = group_of[pairs.first]
     records = []
     for g, nodes in enumerate(groups):
         sims = pairs.similarity[which == g]
@@ -281,8 +283,11 @@ def write_pairs_csv(path: Path, pairs: Pairs, names: Sequence[str]) -> None:
         with open(tmp, "w", newline="") as handle:
             writer = csv.writer(handle)
             writer.writerow(("path_a", "path_b", "similarity"))
-            for a, b, s in zip(pairs.first.tolist(), pairs.second.tolist(), pairs.similarity.tolist()):
-                writer.writerow((names[a], names[b], f"{s:.6f}"))
+            for start in range(0, len(pairs), 65536):  # a chunk at a time: no Python list of every pair
+                stop = start + 65536
+                for a, b, s in zip(pairs.first[start:stop].tolist(), pairs.second[start:stop].tolist(),
+                                   pairs.similarity[start:stop].tolist()):
+                    writer.writerow((names[a], names[b], f"{s:.6f}"))
 
     write_atomic(path, write)
 
