@@ -11,7 +11,7 @@ from typing import Optional, Sequence
 from dinossl.errors import DinoError
 
 # Subcommand modules each define register(subparsers) and set ``func`` on their parser.
-SUBCOMMANDS = ("train", "eval", "attention", "export")
+SUBCOMMANDS = ("train", "eval", "attention", "export", "dedupe")
 
 
 def _configure_logging() -> None:

@@ -6,7 +6,7 @@ import argparse
 import importlib
 
 # Modules that each define register(eval_subparsers).
-EVAL_GROUPS: tuple[str, ...] = ("eval_features", "eval_attention")
+EVAL_GROUPS: tuple[str, ...] = ("eval_features", "eval_attention", "eval_retrieval")
 
 
 def register(subparsers: argparse._SubParsersAction) -> None:

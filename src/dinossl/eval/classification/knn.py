@@ -1,10 +1,9 @@
 """Weighted k-NN classification on L2-normalised features (DINO's protocol).
 
 Each of the k nearest bank features (cosine similarity) votes for its label with weight
-exp(similarity / T). All requested k are answered from one search of the largest k; the
-similarity matrix is computed in (query chunk x bank chunk) tiles and each bank chunk is
-normalised inside its tile, so memory stays bounded whatever the bank size (about
-query_chunk x bank_chunk floats beyond the bank itself).
+exp(similarity / T). All requested k are answered from one search of the largest k, done by
+:func:`dinossl.eval.search.nearest_neighbours` in (query chunk x bank chunk) tiles, so memory
+stays bounded whatever the bank size (about query_chunk x bank_chunk floats beyond the bank).
 
 Results do not depend on the chunk sizes: neighbours are ordered by decreasing similarity,
 equal similarities by increasing bank index; equal class scores favour the lower class index.
@@ -16,69 +15,13 @@ from dataclasses import dataclass
 from typing import Iterable
 
 import torch
-from torch.nn import functional as F
 
 from dinossl.errors import DinoError
+from dinossl.eval.search import nearest_neighbours
 from dinossl.eval.validation import require_positive
 
-
-def _top_k_lowest_index_on_ties(sims: torch.Tensor, k: int) -> tuple[torch.Tensor, torch.Tensor]:
-    """(M, n) similarities -> top-k (values, column indices); ties at the k-th value keep the
-    lowest columns. ``topk`` alone may pick any of the tied columns, so rows with such ties are
-    redone with a stable sort (rare for real features)."""
-    values, columns = sims.topk(k, dim=1)
-    if k == sims.shape[1]:
-        tied = torch.ones(sims.shape[0], dtype=torch.bool, device=sims.device)
-    else:
-        tied = (sims >= values[:, -1:]).sum(dim=1) > k
-    if tied.any():
-        rows = tied.nonzero().squeeze(1)
-        order = torch.sort(sims[rows], dim=1, descending=True, stable=True).indices[:, :k]
-        values[rows], columns[rows] = sims[rows].gather(1, order), order
-    return values, columns
-
-
-def _order_neighbours(sims: torch.Tensor, idx: torch.Tensor, k: int) -> tuple[torch.Tensor, torch.Tensor]:
-    """Keep the k best of (M, m) candidates: decreasing similarity, then increasing index."""
-    by_index = idx.argsort(dim=1)
-    sims, idx = sims.gather(1, by_index), idx.gather(1, by_index)
-    order = torch.sort(sims, dim=1, descending=True, stable=True).indices[:, :k]
-    return sims.gather(1, order), idx.gather(1, order)
-
-
-@torch.no_grad()
-def nearest_neighbours(
-    bank: torch.Tensor, queries: torch.Tensor, k: int, query_chunk: int = 1024, bank_chunk: int = 65536
-) -> tuple[torch.Tensor, torch.Tensor]:
-    """Top-k cosine similarities and bank indices for each query.
-
-    Args:
-        bank: (N, d) features; queries: (M, d) features (both L2-normalised here, tile by tile).
-        k: number of neighbours, at most N.
-
-    Returns:
-        similarities (M, k) in decreasing order and indices (M, k) into the bank (ties: lower
-        index first), computed on the bank's device.
-    """
-    if not 1 <= k <= bank.shape[0]:
-        raise ValueError(f"k must be in [1, {bank.shape[0]}], got {k}")
-    if query_chunk < 1 or bank_chunk < 1:
-        raise ValueError(f"chunk sizes must be positive, got {query_chunk} and {bank_chunk}")
-    queries = queries.to(bank.device)
-    all_sims, all_idx = [], []
-    for q0 in range(0, queries.shape[0], query_chunk):
-        q = F.normalize(queries[q0:q0 + query_chunk].float(), dim=1)
-        best_sims = q.new_empty(q.shape[0], 0)
-        best_idx = torch.empty(q.shape[0], 0, dtype=torch.long, device=q.device)
-        for b0 in range(0, bank.shape[0], bank_chunk):
-            sims = q @ F.normalize(bank[b0:b0 + bank_chunk].float(), dim=1).T
-            top_sims, top_idx = _top_k_lowest_index_on_ties(sims, min(k, sims.shape[1]))
-            best_sims, best_idx = _order_neighbours(
-                torch.cat([best_sims, top_sims], dim=1), torch.cat([best_idx, top_idx + b0], dim=1), k
-            )
-        all_sims.append(best_sims)
-        all_idx.append(best_idx)
-    return torch.cat(all_sims), torch.cat(all_idx)
+__all__ = ["KnnSettings", "class_scores", "knn_classify", "knn_hits", "knn_predictions", "nearest_neighbours",
+           "paired_bootstrap_interval", "ranked_classes"]
 
 
 def class_scores(
