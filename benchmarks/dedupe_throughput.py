@@ -172,7 +172,7 @@ def main() -> None:
     parser.add_argument("--out", type=Path, required=True, help="JSON file to write")
     args = parser.parse_args()
 
-    from dinossl.eval.retrieval.backbone_run import resolve_device
+    from dinossl.runtime.device import resolve_device
 
     device = resolve_device(args.device)
     report = {

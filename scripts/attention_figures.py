@@ -28,7 +28,7 @@ from dinossl.eval.video.davis import DavisLayout, object_ids, read_annotation, s
 from dinossl.eval.frames import list_frames
 from dinossl.eval.attention.masks import evaluate_masks, pair_images_with_masks
 from dinossl.eval.attention.masks_figure import write_mask_report
-from dinossl.eval.output_folder import usable_output_folder
+from dinossl.outputs import usable_output_folder
 from dinossl.eval.video.segmentation import PropagationSettings, evaluate_davis
 from dinossl.models import VIT_SIZES, ViTBackbone, build_vit
 from dinossl.weights import load_backbone

@@ -37,7 +37,8 @@ from dinossl.eval.classification.linear import LinearSettings
 from dinossl.eval.classification.protocols import (
     LINEAR_AUGMENTED, LINEAR_CACHED, ImageSettings, default_spec, knn_protocol, linear_protocol,
 )
-from dinossl.eval.results import check_output, format_table, write_results
+from dinossl.eval.results import format_table, write_results
+from dinossl.outputs import usable_output_file
 from dinossl.runtime.distributed import init_distributed
 from dinossl.weights import load_backbone
 
@@ -159,7 +160,7 @@ def main(argv: list[str] | None = None) -> int:
     log.handlers[:], log.propagate = [handler], False
     log.setLevel(logging.INFO)
     try:
-        check_output(args.output, args.overwrite)
+        usable_output_file(args.output, args.overwrite)
         source = root = cifar_root(args)
         if args.per_class is not None:
             root = subset(source, args.per_class, args.workdir / f"subset-{args.per_class}")

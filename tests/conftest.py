@@ -124,3 +124,13 @@ def tiny_run(tmp_path_factory, tiny_image_folder) -> Path:
     config = load_config("vit-tiny-cifar", overrides=TINY_OVERRIDES + [f"data.path={tiny_image_folder}"])
     train(config, out)
     return out
+
+
+def pytest_collection_modifyitems(config, items):
+    """``gpu`` tests skip with a reason where torch sees no CUDA device."""
+    if torch.cuda.is_available():
+        return
+    skip = pytest.mark.skip(reason="needs a CUDA device; torch sees none on this machine")
+    for item in items:
+        if "gpu" in item.keywords:
+            item.add_marker(skip)

@@ -133,8 +133,9 @@ def test_export_teacher_matches_the_trainers_export(init_run, capsys):
 
 def test_export_student_as_safetensors_round_trips(init_run, capsys, tmp_path):
     out, _ = init_run
-    target = tmp_path / "student.safetensors"
-    status, _, _ = _export(capsys, out / "checkpoint.pth", "--student", "--format", "safetensors", "--output", target)
+    target = tmp_path / "exports" / "checkpoint_student_backbone.safetensors"
+    status, _, _ = _export(capsys, out / "checkpoint.pth", "--which", "student", "--format", "safetensors",
+                           "--output", target.parent)
     assert status == 0
     checkpoint = torch.load(out / "checkpoint.pth", weights_only=True)
     student = _backbone_of(checkpoint["student"])
@@ -148,8 +149,8 @@ def test_export_student_as_safetensors_round_trips(init_run, capsys, tmp_path):
 
 
 def test_export_converts_a_released_file_bit_for_bit(init_weights, capsys, tmp_path):
-    target = tmp_path / "released.safetensors"
-    assert _export(capsys, init_weights, "--output", target)[0] == 0  # format from the suffix
+    target = tmp_path / f"{init_weights.stem}_teacher_backbone.safetensors"
+    assert _export(capsys, init_weights, "--format", "safetensors", "--output", tmp_path)[0] == 0
     assert _equal_states(load_file(str(target)), torch.load(init_weights, weights_only=True))
 
 
@@ -164,22 +165,34 @@ def test_export_reference_checkpoint_with_args(tmp_path, capsys):
     assert _equal_states(exported, {k: v + 1 for k, v in state.items()})
 
 
-def test_export_never_overwrites_without_force(init_weights, capsys, tmp_path):
-    target = tmp_path / "out.pth"
+def test_export_never_overwrites_without_overwrite(init_weights, capsys, tmp_path):
+    target = tmp_path / f"{init_weights.stem}_teacher_backbone.pth"
     target.write_bytes(b"keep me")
-    status, _, err = _export(capsys, init_weights, "--output", target)
-    assert status == 2 and len(err) == 1 and "exists" in err[0] and "--force" in err[0]
+    status, _, err = _export(capsys, init_weights, "--output", tmp_path)
+    assert status == 2 and len(err) == 1 and "exists" in err[0] and "--overwrite" in err[0]
     assert target.read_bytes() == b"keep me"
-    assert _export(capsys, init_weights, "--output", target, "--force")[0] == 0
+    assert _export(capsys, init_weights, "--output", tmp_path, "--overwrite")[0] == 0
     assert _equal_states(torch.load(target, weights_only=True), torch.load(init_weights, weights_only=True))
-    assert sorted(p.name for p in tmp_path.iterdir()) == ["out.pth"]  # no temporary file left
+    assert sorted(p.name for p in tmp_path.iterdir()) == [target.name]  # no temporary file left
+
+
+def test_export_of_a_released_name_checks_the_output_before_any_download(tmp_path, capsys, monkeypatch):
+    import urllib.request
+
+    def no_download(*args, **kwargs):
+        raise AssertionError("weights were fetched before the output was checked")
+
+    monkeypatch.setattr(urllib.request, "urlopen", no_download)
+    blocker = tmp_path / "a-file"
+    blocker.write_text("not a folder")
+    status, _, err = _export(capsys, "dino_vits16", "--output", blocker)
+    assert status == 2 and len(err) == 1 and "is a file" in err[0]
 
 
 @pytest.mark.parametrize("case,needle", [
     ("absent", "does not exist"),
     ("text", "not a PyTorch"),
     ("student-of-backbone", "'student' entry"),
-    ("suffix-vs-format", "does not end in .pth"),
     ("not-a-backbone", "cannot tell the architecture"),
 ])
 def test_export_bad_input_is_one_error_line(init_weights, capsys, tmp_path, case, needle):
@@ -188,14 +201,13 @@ def test_export_bad_input_is_one_error_line(init_weights, capsys, tmp_path, case
     argv = {
         "absent": [tmp_path / "absent.pth"],
         "text": [tmp_path / "notes.pth"],
-        "student-of-backbone": [init_weights, "--student", "--output", tmp_path / "x.pth"],
-        "suffix-vs-format": [init_weights, "--format", "pth", "--output", tmp_path / "x.safetensors"],
+        "student-of-backbone": [init_weights, "--which", "student", "--output", tmp_path / "x"],
         "not-a-backbone": [tmp_path / "other.pth"],
     }[case]
     status, stdout, err = _export(capsys, *argv)
     assert status == 2 and stdout == ""
     assert len(err) == 1 and err[0].startswith("dino export: error:") and needle in err[0]
-    assert not (tmp_path / "x.pth").exists() and not (tmp_path / "x.safetensors").exists()
+    assert not (tmp_path / "x").exists()
 
 
 def test_cli_formats_are_the_library_formats():

@@ -22,7 +22,8 @@ def check_writable(path: str | Path) -> Path:
     folder. Raises DinoError naming the obstacle (a regular file on the way, a read-only or
     foreign filesystem)."""
     path = Path(path)
-    existing = next((p for p in (path, *path.parents) if p.exists()), Path("."))
+    start = path.parent if path.is_file() else path  # an existing file is replaced in its folder
+    existing = next((p for p in (start, *start.parents) if p.exists()), Path("."))
     if not existing.is_dir():
         raise DinoError(f"cannot write to {path}: {existing} is a file, not a folder")
     if not os.access(existing, os.W_OK | os.X_OK):
@@ -53,18 +54,40 @@ def usable_output_file(path: str | Path, overwrite: bool = False) -> Path:
     return check_writable(path)
 
 
-def _slug(value: str | Path) -> str:
-    """A short file-name-safe name for a weights source or a data folder."""
-    text = str(value).rstrip("/\\")
-    name = Path(text).stem if "://" not in text else Path(text.split("?")[0]).stem
-    if name in ("checkpoint", "teacher_backbone", "student_backbone") and Path(text).parent.name:
-        name = f"{Path(text).parent.name}-{name}"
-    return re.sub(r"[^A-Za-z0-9_.+-]+", "_", name).strip("_.") or "input"
+_GENERIC_STEMS = ("checkpoint", "teacher_backbone", "student_backbone", "backbone", "model", "weights")
 
 
-def default_output_folder(command: str, weights: Optional[str | Path] = None,
-                          data: Optional[str | Path] = None) -> Path:
-    """``<command>-<weights name>-<data name>`` in the current folder, e.g.
-    ``eval-knn-run1-checkpoint-cifar10``: different weights or data never share a folder."""
-    parts = [command] + [_slug(p) for p in (weights, data) if p is not None]
+def _safe(name: str, fallback: str) -> str:
+    return re.sub(r"[^A-Za-z0-9._-]+", "_", name).strip("_") or fallback
+
+
+def weights_label(weights: str | Path, which: str = "teacher") -> str:
+    """A short name for weights in folder names: the file stem (with its folder's name when the
+    stem is generic, e.g. ``run1-checkpoint``), a URL's file stem, or a released name; a
+    checkpoint's student gets ``-student``."""
+    text = str(weights)
+    path = Path(text.rstrip("/").split("?")[0])
+    label = path.stem if path.suffix else path.name
+    if path.is_file() and label in _GENERIC_STEMS and path.resolve().parent.name:
+        label = f"{path.resolve().parent.name}-{label}"
+    if which == "student":
+        label += "-student"
+    return _safe(label, "weights")
+
+
+def data_label(path: str | Path) -> str:
+    """The name of a data folder or file (the resolved name for ``.`` and the like)."""
+    path = Path(path)
+    return _safe(path.stem if path.is_file() else (path.name or path.resolve().name), "data")
+
+
+def default_output_folder(command: str, weights: Optional[str | Path] = None, data: Optional[str | Path] = None,
+                          which: str = "teacher") -> Path:
+    """``<command>-<data name>-<weights name>`` in the current folder (e.g.
+    ``eval-knn-cifar10-run1-checkpoint``): runs on other data or weights never share a folder."""
+    parts = [command]
+    if data is not None:
+        parts.append(data_label(data))
+    if weights is not None:
+        parts.append(weights_label(weights, which))
     return Path("-".join(parts))

@@ -131,3 +131,16 @@ def test_eval_video_on_davis(tmp_path, weights, davis_dir, capsys):
     assert main(["eval", "video", weights, "--davis", str(davis_dir), "--sequences", "nope",
                  "--output", str(tmp_path / "out2")]) == 2
     assert "'nope'" in capsys.readouterr().err
+
+
+def test_a_missing_input_is_refused_before_any_download(tmp_path, capsys, monkeypatch):
+    import urllib.request
+
+    def no_download(*args, **kwargs):
+        raise AssertionError("weights were fetched before the input was checked")
+
+    monkeypatch.setattr(urllib.request, "urlopen", no_download)
+    monkeypatch.chdir(tmp_path)
+    assert main(["attention", "dino_vits16", str(tmp_path / "nonexistent.jpg")]) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and "does not exist" in err[0] and not list(tmp_path.iterdir())

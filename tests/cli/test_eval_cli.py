@@ -19,13 +19,14 @@ SMALL = ["--resize", "32", "--crop", "32", "--num-workers", "0"]
 
 def _one_line_error(capsys, fragment: str) -> None:
     err = [line for line in capsys.readouterr().err.splitlines() if line.strip()]
-    assert len(err) == 1 and err[0].startswith("dino eval: error:") and fragment in err[0], err
+    assert len(err) == 1 and err[0].startswith("dino eval knn: error:") and fragment in err[0], err
 
 
 def test_knn_on_a_checkpoint_and_on_its_exported_backbone(tiny_run, cifar10_small, tmp_path, capsys):
-    out, feats = tmp_path / "knn.json", tmp_path / "features"
+    folder, feats = tmp_path / "knn", tmp_path / "features"
+    out = folder / "results.json"
     args = ["eval", "knn", str(tiny_run / "checkpoint.pth"), "--data", str(cifar10_small), *SMALL, "--k", "10", "20",
-            "--output", str(out), "--features-dir", str(feats)]
+            "--output", str(folder), "--features-dir", str(feats)]
     assert main(args) == 0
     printed = capsys.readouterr()
     record = json.loads(out.read_text())
@@ -37,26 +38,41 @@ def test_knn_on_a_checkpoint_and_on_its_exported_backbone(tiny_run, cifar10_smal
     assert "k=20" in printed.out and f"{knn['20']['top1']:.2f}" in printed.out
     assert len(list(feats.iterdir())) == 2
 
-    # An existing results file is kept unless --overwrite; the second run reuses the features.
+    # An existing results folder is kept unless --overwrite; the second run reuses the features.
     before = out.read_text()
     assert main(args) == 2
-    _one_line_error(capsys, "exists")
+    _one_line_error(capsys, "not empty")
     assert out.read_text() == before
     assert main(args + ["--overwrite"]) == 0
     assert "reusing" in capsys.readouterr().err
     assert json.loads(out.read_text())["results"] == record["results"]
 
     # The exported teacher backbone (released-weights layout) gives the same figures.
-    exported = tmp_path / "knn_exported.json"
+    exported = tmp_path / "knn_exported"
     assert main(["eval", "knn", str(tiny_run / "teacher_backbone.safetensors"), "--train", str(cifar10_small / "train"),
                  "--val", str(cifar10_small / "val"), *SMALL, "--k", "10", "20", "--output", str(exported)]) == 0
-    assert json.loads(exported.read_text())["results"] == record["results"]
+    assert json.loads((exported / "results.json").read_text())["results"] == record["results"]
+
+
+def test_settings_come_from_a_yaml_file_and_key_value_overrides_anywhere(tiny_run, cifar10_small, tmp_path,
+                                                                         monkeypatch):
+    settings = tmp_path / "knn.yaml"
+    settings.write_text("images: {resize: 32, crop: 32, num_workers: 0}\nknn: {ks: [5], temperature: 0.5}\n")
+    monkeypatch.chdir(tmp_path)
+    weights = str(tiny_run / "teacher_backbone.pth")
+    assert main(["eval", "knn", weights, "knn.ks=[3, 7]", "--data", str(cifar10_small), "--config", str(settings),
+                 "images.batch_size=64"]) == 0
+    folders = list(tmp_path.glob("eval-knn-*"))
+    assert [f.name for f in folders] == [f"eval-knn-{cifar10_small.name}-teacher_backbone"]  # the default name
+    record = json.loads((folders[0] / "results.json").read_text())
+    assert record["settings"]["ks"] == [3, 7] and record["settings"]["temperature"] == 0.5
+    assert (record["settings"]["crop"], record["settings"]["batch_size"]) == (32, 64)
 
 
 def test_linear_probe_with_augmentation_and_on_cached_features(tiny_run, cifar10_small, tmp_path, capsys):
-    out = tmp_path / "linear.json"
+    out = tmp_path / "linear" / "results.json"
     assert main(["eval", "linear", str(tiny_run / "teacher_backbone.pth"), "--data", str(cifar10_small), *SMALL,
-                 "--epochs", "1", "--batch-size", "100", "--lr", "0.01", "--output", str(out)]) == 0
+                 "--epochs", "1", "--batch-size", "100", "--lr", "0.01", "--output", str(out.parent)]) == 0
     record = json.loads(out.read_text())
     assert record["protocol"].startswith("linear probe (RandomResizedCrop")
     assert record["settings"]["n_last_blocks"] == 2  # 4 by default, capped at the 2 blocks of this ViT
@@ -65,10 +81,10 @@ def test_linear_probe_with_augmentation_and_on_cached_features(tiny_run, cifar10
     assert record["results"]["last"]["epoch"] == 1 and 0 <= record["results"]["last"]["top1"] <= 100
     assert "last" in capsys.readouterr().out
 
-    cached = tmp_path / "linear_cached.json"
+    cached = tmp_path / "linear_cached" / "results.json"
     assert main(["eval", "linear", str(tiny_run / "checkpoint.pth"), "--which", "student", "--data", str(cifar10_small),
                  *SMALL, "--epochs", "3", "--eval-every", "2", "--batch-size", "100", "--avgpool", "--cached-features",
-                 "--output", str(cached)]) == 0
+                 "--output", str(cached.parent)]) == 0
     record = json.loads(cached.read_text())
     assert "cached" in record["protocol"] and "no augmentation" in record["protocol"]
     assert record["weights"]["which"] == "student" and record["settings"]["avgpool"] is True
@@ -76,10 +92,10 @@ def test_linear_probe_with_augmentation_and_on_cached_features(tiny_run, cifar10
 
 
 def test_finetune_runs_end_to_end(tiny_run, cifar10_small, tmp_path):
-    out = tmp_path / "finetune.json"
+    out = tmp_path / "finetune" / "results.json"
     assert main(["eval", "finetune", str(tiny_run / "checkpoint.pth"), "--data", str(cifar10_small), *SMALL,
                  "--epochs", "1", "--warmup-epochs", "0", "--batch-size", "100", "--layer-decay", "0.75",
-                 "--output", str(out)]) == 0
+                 "--output", str(out.parent)]) == 0
     record = json.loads(out.read_text())
     assert record["protocol"].startswith("fine-tuning")
     settings = record["settings"]
@@ -102,7 +118,7 @@ def test_bad_input_gives_one_line_and_writes_nothing(case, tiny_run, tmp_path, c
     weights = str(tiny_run / "teacher_backbone.pth")
     good_train = _folder(tmp_path / "train", {"a": 2, "b": 2})
     good_val = _folder(tmp_path / "val", {"a": 1, "b": 1})
-    out = tmp_path / "results.json"
+    out = tmp_path / "results"
     data_args = ["--train", str(good_train), "--val", str(good_val)]
     extra: list[str] = []
     fragment = {

@@ -52,14 +52,15 @@ def test_train_and_resume_a_finished_run(tmp_path, capsys, tiny_image_folder):
 def test_final_knn_line_states_the_gain_and_its_interval(tmp_path, capsys, monkeypatch):
     from pathlib import Path
 
-    import dinossl.train
+    import dinossl.cli.train
     from dinossl.train import TrainResult
 
     def fake_train(config, output, **kwargs):
-        knn = {"random_init": 28.95, "trained": 32.5, "gain_ci95": [2.1, 5.0]}
-        return TrainResult(Path(output), config.train.epochs, {}, knn, [])
+        knn = {"kind": "result", "metric": "knn_top1_k20", "random_init": 28.95, "trained": 32.5,
+               "gain_ci95": [2.1, 5.0]}
+        return TrainResult(Path(output), config.train.epochs, {}, [knn], [])
 
-    monkeypatch.setattr(dinossl.train, "train", fake_train)
+    monkeypatch.setattr(dinossl.cli.train, "train", fake_train)
     assert main(["train", "--output", str(tmp_path / "out")]) == 0
     out = capsys.readouterr().out
     assert ("trained teacher 32.50% vs. random init 28.95% (gain +3.55 points, "

@@ -1,4 +1,9 @@
-"""The ``dino`` command: argument parsing only; each subcommand calls the library."""
+"""The ``dino`` command: argument parsing only; each subcommand calls the library.
+
+Every subcommand module defines ``register(subparsers)`` and sets ``func`` on its parser. Bad
+input (a :class:`~dinossl.errors.DinoError`) becomes one line ``dino <command>: error: ...``
+on stderr and exit status 2.
+"""
 
 from __future__ import annotations
 
@@ -8,10 +13,12 @@ import os
 import sys
 from typing import Optional, Sequence
 
+from dinossl import __version__
+from dinossl.cli import attention, dedupe, eval_group, export, train
+from dinossl.cli.common import HelpFormatter, parse_overrides_in
 from dinossl.errors import DinoError
 
-# Subcommand modules each define register(subparsers) and set ``func`` on their parser.
-SUBCOMMANDS = ("train", "eval", "attention", "export", "dedupe")
+SUBCOMMANDS = (train, eval_group, attention, export, dedupe)
 
 
 def _configure_logging() -> None:
@@ -26,22 +33,34 @@ def _configure_logging() -> None:
 
 
 def build_parser() -> argparse.ArgumentParser:
-    import importlib
-
-    parser = argparse.ArgumentParser(prog="dino", description="DINO self-distillation with no labels.")
+    parser = argparse.ArgumentParser(prog="dino", description="DINO self-distillation with no labels.",
+                                     formatter_class=HelpFormatter)
+    parser.add_argument("--version", action="version", version=f"dinossl {__version__}")
     subparsers = parser.add_subparsers(dest="command", metavar="COMMAND")
-    for name in SUBCOMMANDS:
-        importlib.import_module(f"dinossl.cli.{name}").register(subparsers)
+    for module in SUBCOMMANDS:
+        module.register(subparsers)
     return parser
+
+
+def _parse(parser: argparse.ArgumentParser, argv: Optional[Sequence[str]]) -> argparse.Namespace:
+    """Parse, letting ``KEY=VALUE`` overrides stand anywhere among the options."""
+    args, unknown = parser.parse_known_args(argv)
+    overrides, other = parse_overrides_in(unknown)
+    if other is not None or (overrides and not hasattr(args, "config")):
+        parser.error(f"unrecognized arguments: {' '.join(unknown)}")
+    if overrides:
+        args.overrides = [*getattr(args, "overrides", []), *overrides]
+    return args
 
 
 def main(argv: Optional[Sequence[str]] = None) -> int:
     """Entry point; returns the exit status (0 ok, 1 failure, 2 bad input)."""
     parser = build_parser()
-    args = parser.parse_args(argv)
+    args = _parse(parser, argv)
     if args.command is None:
         parser.print_help()
         return 2
+    name = " ".join(part for part in (args.command, getattr(args, "evaluation", None)) if part)
     _configure_logging()
     try:
         result = args.func(args)
@@ -49,9 +68,9 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
         rank = int(os.environ.get("RANK", "0"))
         if rank == 0 or not exc.same_on_all_ranks:
             where = f" (rank {rank})" if rank else ""
-            print(f"dino {args.command}{where}: error: {exc}", file=sys.stderr)
+            print(f"dino {name}{where}: error: {exc}", file=sys.stderr)
         return 2
     except KeyboardInterrupt:
-        print(f"dino {args.command}: interrupted", file=sys.stderr)
+        print(f"dino {name}: interrupted", file=sys.stderr)
         return 130
     return int(result or 0)

@@ -4,67 +4,91 @@ object segmentation by label propagation."""
 from __future__ import annotations
 
 import argparse
+from pathlib import Path
 
-from dinossl.cli.attention import add_backbone_arguments, add_output_arguments, add_size_arguments, load, short_side
+from dinossl.cli.common import (
+    HelpFormatter,
+    add_device,
+    add_output,
+    add_settings,
+    add_weights,
+    backbone_on_device,
+    option,
+    read_settings,
+)
+from dinossl.eval.attention.masks import MaskSettings, evaluate_masks, pair_images_with_masks
+from dinossl.eval.attention.masks_figure import write_mask_report
+from dinossl.eval.video.davis import DavisLayout
+from dinossl.eval.video.segmentation import PropagationSettings, evaluate_davis
+from dinossl.outputs import default_output_folder, usable_output_folder
+
+MASKS = {"masks": MaskSettings}
+MASK_OPTIONS = [
+    option("--short-side", "masks.short_side", "resize so the short side has PX pixels", type=int, metavar="PX"),
+    option("--fraction", "masks.fraction", "attention mass the masks keep", type=float),
+    option("--mask-threshold", "masks.mask_threshold", "ground-truth pixels above this gray level are foreground",
+           type=int),
+    option("--examples", "masks.examples", "example images in the figure", type=int),
+]
+VIDEO = {"propagation": PropagationSettings}
+VIDEO_OPTIONS = [
+    option("--short-side", "propagation.short_side", "frame short side", type=int, metavar="PX"),
+    option("--radius", "propagation.radius", "neighbourhood half-size in patches (null: none)", type=int),
+    option("--topk", "propagation.topk", "source patches per target patch", type=int),
+    option("--context", "propagation.context", "previous frames used besides the first", type=int),
+    option("--temperature", "propagation.temperature", "affinity exp(cos / T)", type=float),
+]
 
 
 def register(subparsers: argparse._SubParsersAction) -> None:
     masks = subparsers.add_parser(
-        "masks",
+        "masks", formatter_class=HelpFormatter,
         help="Jaccard index of each head's 60%%-mass attention mask against foreground masks (paper Fig. 4)",
         description="For each image, the Jaccard index between every head's mass mask and the ground-truth "
         "foreground; per image, best head and mean over heads, averaged over the set. Writes results.json "
         "and jaccard.png.",
     )
-    add_backbone_arguments(masks)
-    masks.add_argument("--images", required=True, metavar="FOLDER", help="folder of images")
-    masks.add_argument("--masks", required=True, metavar="FOLDER",
+    add_weights(masks, "; a ViT")
+    masks.add_argument("--images", required=True, type=Path, metavar="FOLDER", help="folder of images")
+    masks.add_argument("--masks", required=True, type=Path, metavar="FOLDER",
                        help="folder of foreground masks, matched to images by file name stem")
-    add_output_arguments(masks, "default: eval-masks")
-    add_size_arguments(masks)
-    masks.add_argument("--fraction", type=float, default=0.6, help="attention mass the masks keep (default 0.6)")
-    masks.add_argument("--mask-threshold", type=int, default=127,
-                       help="ground-truth pixels above this gray level are foreground (default 127)")
-    masks.add_argument("--examples", type=int, default=4, help="example images in the figure (default 4)")
+    add_device(masks)
+    add_output(masks, "eval-masks-<images>-<weights>")
+    masks.add_argument("--native-size", action="store_true", help="keep the image size (no resizing)")
+    add_settings(masks, MASKS, MASK_OPTIONS)
     masks.set_defaults(func=run_masks)
 
     video = subparsers.add_parser(
-        "video",
+        "video", formatter_class=HelpFormatter,
         help="semi-supervised video object segmentation by label propagation, scored with J and F (paper Table 5)",
         description="Propagates each sequence's first-frame annotation with last-layer patch features, writes "
         "palette PNGs in the DAVIS layout (<output>/<sequence>/NNNNN.png) and scores them: J, F and J&F per "
         "object, per sequence and overall (results.json).",
     )
-    add_backbone_arguments(video)
-    video.add_argument("--davis", required=True, metavar="ROOT",
+    add_weights(video, "; a ViT")
+    video.add_argument("--davis", required=True, type=Path, metavar="ROOT",
                        help="DAVIS folder with JPEGImages/<resolution>/<seq> and Annotations/<resolution>/<seq>")
     video.add_argument("--sequences", nargs="+", metavar="SEQ", help="sequences to run (default: all)")
-    video.add_argument("--resolution", default="480p", help="DAVIS resolution folder (default 480p)")
-    add_output_arguments(video, "default: eval-video")
-    video.add_argument("--short-side", type=int, default=480, metavar="PX", help="frame short side (default 480)")
-    video.add_argument("--radius", type=int, default=12,
-                       help="neighbourhood half-size in patches; -1: none (default 12)")
-    video.add_argument("--topk", type=int, default=5, help="source patches per target patch (default 5)")
-    video.add_argument("--context", type=int, default=7, help="previous frames used besides the first (default 7)")
-    video.add_argument("--temperature", type=float, default=0.1, help="affinity exp(cos/T) (default 0.1)")
-    video.add_argument("--max-frames", type=int, default=None,
-                       help="only each sequence's first N frames (quick checks)")
+    video.add_argument("--resolution", default="480p", help="DAVIS resolution folder")
+    video.add_argument("--max-frames", type=int, default=None, help="only each sequence's first N frames "
+                       "(quick checks; default: all)")
+    add_device(video)
+    add_output(video, "eval-video-<davis>-<weights>")
+    add_settings(video, VIDEO, VIDEO_OPTIONS)
     video.set_defaults(func=run_video)
 
 
 def run_masks(args: argparse.Namespace) -> int:
-    from pathlib import Path
-
-    from dinossl.eval.attention.masks import evaluate_masks, pair_images_with_masks
-    from dinossl.eval.attention.masks_figure import write_mask_report
-    from dinossl.eval.output_folder import usable_output_folder
-
+    if args.native_size:
+        args.overrides = [*getattr(args, "overrides", []), "masks.short_side=null"]
+    settings: MaskSettings = read_settings(args, MASKS, MASK_OPTIONS)["masks"]
     pairs = pair_images_with_masks(args.images, args.masks)
-    output = usable_output_folder(args.output or "eval-masks", args.force)
-    backbone, device = load(args)
+    output = usable_output_folder(args.output or default_output_folder("eval-masks", args.weights, args.images,
+                                                                       args.which), args.overwrite)
+    backbone, device = backbone_on_device(args)
     report, examples = evaluate_masks(
-        backbone, pairs, short_side=short_side(args), fraction=args.fraction, threshold=args.mask_threshold,
-        device=device, progress=not args.no_progress, keep=args.examples,
+        backbone, pairs, short_side=settings.short_side, fraction=settings.fraction,
+        threshold=settings.mask_threshold, device=device, progress=not args.no_progress, keep=settings.examples,
     )
     report["settings"]["weights"] = str(Path(args.weights))
     write_mask_report(report, examples, output, title=Path(args.weights).name)
@@ -76,13 +100,11 @@ def run_masks(args: argparse.Namespace) -> int:
 
 
 def run_video(args: argparse.Namespace) -> int:
-    from dinossl.eval.output_folder import usable_output_folder
-    from dinossl.eval.video.segmentation import PropagationSettings, evaluate_davis
-
-    settings = PropagationSettings(short_side=args.short_side, radius=None if args.radius < 0 else args.radius,
-                                   topk=args.topk, context=args.context, temperature=args.temperature)
-    output = usable_output_folder(args.output or "eval-video", args.force)
-    backbone, device = load(args)
+    settings: PropagationSettings = read_settings(args, VIDEO, VIDEO_OPTIONS)["propagation"]
+    DavisLayout(args.davis, args.resolution).sequences(args.sequences)  # checked before any weights are loaded
+    output = usable_output_folder(args.output or default_output_folder("eval-video", args.weights, args.davis,
+                                                                       args.which), args.overwrite)
+    backbone, device = backbone_on_device(args)
     report = evaluate_davis(backbone, args.davis, output, args.sequences, args.resolution, settings, device,
                             progress=not args.no_progress, max_frames=args.max_frames)
     for name, scores in report["sequences"].items():

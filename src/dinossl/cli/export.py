@@ -3,34 +3,43 @@
 from __future__ import annotations
 
 import argparse
+from pathlib import Path
 
-FORMATS = ("pth", "safetensors")  # dinossl.weights.FORMATS, without importing torch to build the parser
+from dinossl.cli.common import HelpFormatter, add_weights
+from dinossl.outputs import default_output_folder, usable_output_file
+from dinossl.weights import FORMATS, export_backbone_file, export_file_name, local_file
 
 
 def register(subparsers: argparse._SubParsersAction) -> None:
     parser = subparsers.add_parser(
-        "export",
+        "export", formatter_class=HelpFormatter,
         help="write the teacher (or student) backbone of a checkpoint in the released DINO layout",
-        description="Write the backbone of a training checkpoint (this project's or the reference's), a network "
+        description="Write the backbone of a training checkpoint (dinossl's or the reference's), a network "
         "state dict or a backbone file as a plain state dict with the released DINO keys, loadable by "
-        "dinossl.hub, timm and the reference code. The architecture is read from the tensors and checked.",
+        "dinossl.hub, timm and the reference code, as <output>/<stem>_<which>_backbone.<format>. The "
+        "architecture is read from the tensors and checked.",
     )
-    parser.add_argument("checkpoint", metavar="CHECKPOINT",
-                        help="weights file (.pth or .safetensors), URL or released-model name (dino_vits16 ...)")
-    parser.add_argument("--format", choices=FORMATS, default=None,
-                        help="output format (default: from --output's suffix, else pth)")
-    parser.add_argument("--student", action="store_true", help="export the student backbone instead of the teacher")
-    parser.add_argument("--output", metavar="PATH", default=None,
-                        help="output file (default: <checkpoint stem>_<teacher|student>_backbone.<format> beside it)")
-    parser.add_argument("--force", action="store_true", help="overwrite an existing output file")
+    add_weights(parser)
+    parser.add_argument("--student", dest="which", action="store_const", const="student", help=argparse.SUPPRESS)
+    parser.add_argument("--format", choices=FORMATS, default="pth", help="output format")
+    parser.add_argument("--output", metavar="FOLDER", default=None,
+                        help="folder to write into (default: the checkpoint's folder; export-<name> for a "
+                        "released name or URL)")
+    parser.add_argument("--overwrite", action="store_true", help="replace an existing file of the same name")
+    parser.add_argument("--force", dest="overwrite", action="store_true", help=argparse.SUPPRESS)
     parser.set_defaults(func=run)
 
 
 def run(args: argparse.Namespace) -> int:
-    from dinossl.weights import export_backbone_file, local_file
-
-    which = "student" if args.student else "teacher"
-    source = local_file(args.checkpoint)
-    path, spec = export_backbone_file(source, args.output, args.format, which, overwrite=args.force)
-    print(f"wrote the {which} backbone to {path}: {spec.describe()}")
+    local = Path(args.weights)
+    if args.output is not None:
+        folder = Path(args.output)
+    elif local.is_file():
+        folder = local.parent
+    else:
+        folder = default_output_folder("export", args.weights)
+    target = usable_output_file(folder / export_file_name(args.weights, args.format, args.which), args.overwrite)
+    source = local_file(args.weights)  # may download: after the output is known to be writable
+    path, spec = export_backbone_file(source, target, args.format, args.which, overwrite=args.overwrite)
+    print(f"wrote the {args.which} backbone to {path}: {spec.describe()}")
     return 0

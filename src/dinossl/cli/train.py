@@ -7,6 +7,7 @@ import logging
 
 import yaml
 
+from dinossl.cli.common import DEVICE_HELP, HelpFormatter
 from dinossl.config import DEFAULT_PRESET, Config, file_preset, load_config, preset_names
 from dinossl.errors import ConfigError
 from dinossl.eval.classification.knn_monitor import KNN_METRIC, SampleKnnDuringTraining
@@ -17,20 +18,28 @@ log = logging.getLogger("dinossl")
 
 def register(subparsers: argparse._SubParsersAction) -> None:
     parser = subparsers.add_parser(
-        "train",
+        "train", formatter_class=HelpFormatter,
         help="pretrain a backbone with DINO (no argument: a small ViT on the built-in CIFAR-10 sample)",
         description="Pretrain with DINO. An output folder that holds a checkpoint of the same configuration is "
         "resumed. Settings: --preset, then --config YAML, then KEY=VALUE overrides (e.g. optim.base_lr=1e-3).",
     )
-    parser.add_argument("overrides", nargs="*", metavar="KEY=VALUE", help="dotted config overrides")
-    parser.add_argument("--preset", choices=preset_names(), default=None,
-                        help=f"named recipe (default {DEFAULT_PRESET} unless --config names one)")
-    parser.add_argument("--config", metavar="YAML", help="YAML file with config sections")
-    parser.add_argument("--data", metavar="FOLDER", help="image folder (class subfolders or flat); default: built-in sample")
-    parser.add_argument("--output", metavar="FOLDER", default=None, help="run folder (default: dino-<preset>)")
-    parser.add_argument("--epochs", type=int, help="shortcut for train.epochs")
-    parser.add_argument("--init-from", metavar="WEIGHTS", help="initialise the student backbone from released weights")
-    parser.add_argument("--stop-after-epochs", type=int, metavar="N",
+    parser.add_argument("overrides", nargs="*", metavar="KEY=VALUE", default=argparse.SUPPRESS,
+                        help="config overrides, section.field=value (e.g. optim.base_lr=1e-3)")
+    parser.add_argument("--preset", choices=preset_names(), default=argparse.SUPPRESS,
+                        help=f"named recipe (default: {DEFAULT_PRESET}, unless --config names one)")
+    parser.add_argument("--config", metavar="FILE", help="YAML file with config sections (and optionally preset:)")
+    parser.add_argument("--data", metavar="FOLDER", default=argparse.SUPPRESS,
+                        help="image folder, class subfolders or flat (default: the built-in sample; data.path)")
+    parser.add_argument("--output", metavar="FOLDER", default=None,
+                        help="run folder; one holding a checkpoint of the same configuration is resumed, one of "
+                        "another run is refused (default: dino-<preset>)")
+    parser.add_argument("--epochs", type=int, default=argparse.SUPPRESS, help="train.epochs (default: the preset's)")
+    parser.add_argument("--device", default=argparse.SUPPRESS, help=f"train.device: {DEVICE_HELP} (default: auto)")
+    parser.add_argument("--seed", type=int, default=argparse.SUPPRESS, help="train.seed (default: 0)")
+    parser.add_argument("--no-progress", action="store_true", help="shortcut for train.progress_bar=false")
+    parser.add_argument("--init-from", metavar="WEIGHTS", default=argparse.SUPPRESS,
+                        help="initialise the student backbone from released weights (default: random init)")
+    parser.add_argument("--stop-after-epochs", type=int, metavar="N", default=argparse.SUPPRESS,
                         help="end this invocation after N more epochs (resumable; e.g. for time-limited jobs)")
     parser.add_argument("--print-config", action="store_true",
                         help="print the resolved configuration as YAML and exit (nothing is written)")
@@ -49,19 +58,22 @@ def monitors_for(config: Config) -> list[SampleKnnDuringTraining]:
 
 def run(args: argparse.Namespace) -> int:
     updates: dict = {}
-    if args.data is not None:
+    if hasattr(args, "data"):
         updates["data"] = {"path": args.data}
-    if args.epochs is not None:
-        updates["train"] = {"epochs": args.epochs}
-    preset = args.preset or (file_preset(args.config) if args.config else None) or DEFAULT_PRESET
-    config = load_config(preset=preset, yaml_path=args.config, overrides=args.overrides, updates=updates)
+    shortcuts = {"epochs": getattr(args, "epochs", None), "device": getattr(args, "device", None),
+                 "seed": getattr(args, "seed", None), "progress_bar": False if args.no_progress else None}
+    updates["train"] = {key: value for key, value in shortcuts.items() if value is not None}
+    preset = getattr(args, "preset", None) or (file_preset(args.config) if args.config else None) or DEFAULT_PRESET
+    config = load_config(preset=preset, yaml_path=args.config, overrides=getattr(args, "overrides", []),
+                         updates=updates)
     if args.print_config:
         print(yaml.safe_dump(config.to_dict(), sort_keys=False), end="")
         return 0
     output = args.output or f"dino-{preset}"
-    if args.stop_after_epochs is not None and args.stop_after_epochs < 1:
-        raise ConfigError(f"--stop-after-epochs: must be >= 1, got {args.stop_after_epochs}")
-    result = train(config, output, init_from=args.init_from, stop_after_epochs=args.stop_after_epochs,
+    stop_after = getattr(args, "stop_after_epochs", None)
+    if stop_after is not None and stop_after < 1:
+        raise ConfigError(f"--stop-after-epochs: must be >= 1, got {stop_after}")
+    result = train(config, output, init_from=getattr(args, "init_from", None), stop_after_epochs=stop_after,
                    monitors=monitors_for(config))
     if (config.train.knn_at_end or config.train.knn_every) and config.data.path is not None:
         print(f"train.knn_at_end / knn_every use the built-in sample's labels: run `dino eval knn` for {config.data.path}")

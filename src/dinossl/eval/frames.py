@@ -14,6 +14,7 @@ from PIL import Image
 
 from dinossl.data.images import IMAGE_EXTENSIONS
 from dinossl.errors import DataError
+from dinossl.optional import require
 from dinossl.eval.image_input import Size, open_image
 
 VIDEO_EXTENSIONS = (".mp4", ".avi", ".mov", ".mkv", ".webm", ".gif")
@@ -81,12 +82,7 @@ def common_size(paths: Sequence[Path]) -> Size:
 
 
 def _require_av():
-    try:
-        import av
-    except ImportError as exc:
-        raise DataError("MP4/AVI/MOV video files need the optional PyAV package (pip install av); "
-                        "or use a GIF, or a folder of numbered frames") from exc
-    return av
+    return require("av", "reading and writing MP4/AVI/MOV videos (a GIF or a folder of numbered frames needs nothing)")
 
 
 def read_video(path: str | Path) -> list[Image.Image]:

@@ -4,34 +4,17 @@ from __future__ import annotations
 
 import datetime
 import json
-import os
 from pathlib import Path
 from typing import Any, Sequence
 
-from dinossl.errors import DinoError
+from dinossl import __version__
+from dinossl.outputs import usable_output_file
 from dinossl.safe_files import write_atomic
-
-
-def check_output(path: str | Path, overwrite: bool = False) -> Path:
-    """Refuse, before any work is done, a results path that exists (unless ``overwrite``) or
-    whose folder cannot be written."""
-    path = Path(path)
-    if path.is_dir():
-        raise DinoError(f"results path {path} is a folder; name a .json file")
-    if path.exists() and not overwrite:
-        raise DinoError(f"{path} exists; pass --overwrite to replace it or --output to write elsewhere")
-    parent = path.parent if str(path.parent) else Path(".")
-    existing = next((p for p in (parent, *parent.parents) if p.exists()), Path("."))
-    if not existing.is_dir() or not os.access(existing, os.W_OK):
-        raise DinoError(f"cannot write results to {path}: {existing} is not a writable folder")
-    return path
 
 
 def write_results(path: str | Path, record: dict[str, Any], overwrite: bool = False) -> Path:
     """Write ``record`` (plus a timestamp and the package version) as JSON, atomically."""
-    from dinossl import __version__
-
-    path = check_output(path, overwrite)
+    path = usable_output_file(path, overwrite)
     full = {**record, "dinossl_version": __version__,
             "written": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds")}
     text = json.dumps(full, indent=2, sort_keys=False) + "\n"

@@ -8,6 +8,8 @@ import math
 from pathlib import Path
 from typing import Any
 
+from dinossl.optional import available, require
+
 log = logging.getLogger("dinossl")
 
 LOG_NAME = "log.jsonl"
@@ -26,10 +28,11 @@ class RunLog:
         self._writer = None
         if enabled:
             self.path.parent.mkdir(parents=True, exist_ok=True)
-            if tensorboard:
-                from torch.utils.tensorboard import SummaryWriter
-
-                self._writer = SummaryWriter(log_dir=str(Path(output_dir) / "tensorboard"))
+            if tensorboard and available("tensorboard"):
+                writer_class = require("torch.utils.tensorboard", "TensorBoard logging").SummaryWriter
+                self._writer = writer_class(log_dir=str(Path(output_dir) / "tensorboard"))
+            elif tensorboard:
+                log.info("TensorBoard logging is off (log.jsonl has every record): pip install 'dinossl[tensorboard]'")
 
     def write(self, record: dict[str, Any]) -> None:
         if not self.enabled:

@@ -29,6 +29,7 @@ from dinossl.safe_files import INERT_GLOBALS, ForeignObject, read_weights_file
 from dinossl.weights.export import (
     FORMATS,
     default_export_path,
+    export_file_name,
     export_backbone_file,
     released_state,
     write_backbone,
@@ -56,6 +57,7 @@ __all__ = [
     "HeadSpec",
     "NetworkWeights",
     "default_export_path",
+    "export_file_name",
     "export_backbone_file",
     "infer_head_spec",
     "infer_spec",

@@ -10,6 +10,7 @@ import torch
 
 from dinossl.errors import CheckpointError
 from dinossl.models import BackboneSpec, build_backbone
+from dinossl.outputs import usable_output_file
 from dinossl.safe_files import write_atomic
 from dinossl.weights.loading import state_problems
 from dinossl.weights.sources import read_backbone_state
@@ -52,10 +53,7 @@ def write_backbone(state: dict[str, torch.Tensor], path: str | Path, fmt: Option
     fmt = fmt or path.suffix.lstrip(".")
     if fmt not in FORMATS:
         raise CheckpointError(f"format must be one of {', '.join(FORMATS)}, got {fmt!r}")
-    if path.exists() and not overwrite:
-        raise CheckpointError(f"{path} exists; not overwriting it (use --force / overwrite=True)")
-    if path.is_dir():
-        raise CheckpointError(f"{path} is a folder")
+    usable_output_file(path, overwrite)
     tensors = {k: v.detach().cpu().contiguous() for k, v in state.items()}
     if fmt == "pth":
         write_atomic(path, lambda tmp: torch.save(tensors, tmp))
@@ -66,10 +64,14 @@ def write_backbone(state: dict[str, torch.Tensor], path: str | Path, fmt: Option
     return path
 
 
+def export_file_name(checkpoint: str | Path, fmt: str, which: str = "teacher") -> str:
+    """``<stem>_<which>_backbone.<fmt>`` for a checkpoint, backbone file, URL or released name."""
+    return f"{Path(str(checkpoint).split('?')[0]).stem}_{which}_backbone.{fmt}"
+
+
 def default_export_path(checkpoint: str | Path, fmt: str, which: str = "teacher") -> Path:
-    """``<folder>/<stem>_<which>_backbone.<fmt>`` beside the checkpoint."""
-    checkpoint = Path(checkpoint)
-    return checkpoint.with_name(f"{checkpoint.stem}_{which}_backbone.{fmt}")
+    """``<folder>/<stem>_<which>_backbone.<fmt>`` beside a local checkpoint."""
+    return Path(checkpoint).with_name(export_file_name(checkpoint, fmt, which))
 
 
 def export_backbone_file(checkpoint: str | Path, output: Optional[str | Path] = None, fmt: Optional[str] = None,
@@ -83,8 +85,7 @@ def export_backbone_file(checkpoint: str | Path, output: Optional[str | Path] = 
     if output is not None and Path(output).suffix and Path(output).suffix.lstrip(".") != fmt:
         raise CheckpointError(f"output {output} does not end in .{fmt}")
     output = Path(output) if output is not None else default_export_path(checkpoint, fmt, which)
-    if output.exists() and not overwrite:  # before the (possibly long) read
-        raise CheckpointError(f"{output} exists; not overwriting it (use --force / overwrite=True)")
+    usable_output_file(output, overwrite)  # before the (possibly long) read
     state = read_backbone_state(checkpoint, which)
     spec = infer_spec(state)
     return write_backbone(released_state(state, spec, str(checkpoint)), output, fmt, overwrite), spec

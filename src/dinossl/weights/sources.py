@@ -10,18 +10,14 @@ import torch
 from dinossl.errors import CheckpointError
 from dinossl.safe_files import read_weights_file
 from dinossl.weights.layout import NetworkWeights, check_which, pick_network
+from dinossl.weights.registry import RELEASED, fetch, is_url
 
 
 def local_file(source: str | Path) -> Path:
     """``source`` as a local path; a URL or a released-model name (``dino_vits16`` ...) is
-    fetched by :func:`dinossl.hub.fetch` into the torch hub cache (once)."""
-    if isinstance(source, str) and not Path(source).exists():
-        from dinossl import (
-            hub,  # hub builds on this package: import it only for a URL or a name
-        )
-
-        if hub.is_url(source) or source in hub.RELEASED:
-            return hub.fetch(source)
+    fetched by :func:`dinossl.weights.registry.fetch` into the torch hub cache (once)."""
+    if isinstance(source, str) and not Path(source).exists() and (is_url(source) or source in RELEASED):
+        return fetch(source)
     return Path(source)
 
 

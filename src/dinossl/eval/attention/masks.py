@@ -104,6 +104,23 @@ def score_image(result: ImageAttention, truth: np.ndarray, name: str) -> ImageJa
     return ImageJaccard(name, per_head, best_head, per_head[best_head], float(np.mean(per_head)), scores[-1])
 
 
+@dataclass(frozen=True)
+class MaskSettings:
+    """``dino eval masks``: image size, mass fraction, ground-truth threshold, figure examples."""
+
+    short_side: Optional[int] = 480  # None: the image's own size
+    fraction: float = DEFAULT_FRACTION
+    mask_threshold: int = MASK_THRESHOLD  # ground-truth pixels above this gray level are foreground
+    examples: int = 4  # example images in the figure
+
+    def __post_init__(self) -> None:
+        check_fraction(self.fraction)
+        if self.short_side is not None and self.short_side < 1:
+            raise DataError(f"short_side must be positive, got {self.short_side}")
+        if not 0 <= self.mask_threshold < 255 or self.examples < 0:
+            raise DataError("mask_threshold must be in [0, 255) and examples >= 0")
+
+
 def evaluate_masks(backbone: nn.Module, pairs: Sequence[tuple[Path, Path]], short_side: Optional[int] = 480,
                    fraction: float = DEFAULT_FRACTION, threshold: int = MASK_THRESHOLD,
                    device: str | torch.device = "cpu", progress: bool = True,

@@ -14,6 +14,7 @@ from dinossl.eval.attention.maps import upsample
 from dinossl.eval.attention.report import ImageAttention
 from dinossl.eval.attention.masks import jaccard
 from dinossl.eval.attention.overlay import mask_overlay
+from dinossl.optional import require
 
 TRUTH_COLOUR = (40, 220, 60)
 
@@ -29,8 +30,7 @@ def example_picture(result: ImageAttention, truth: np.ndarray):
 def write_mask_report(report: dict, examples: Sequence[tuple[ImageAttention, np.ndarray]], output: Path,
                       title: str = "") -> list[Path]:
     """Write ``results.json`` and ``jaccard.png`` into ``output``; returns their paths."""
-    from matplotlib.figure import Figure
-
+    Figure = require("matplotlib.figure", "the Jaccard figure").Figure
     output.mkdir(parents=True, exist_ok=True)
     results = output / "results.json"
     results.write_text(json.dumps(report, indent=2) + "\n")

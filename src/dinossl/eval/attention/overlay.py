@@ -8,6 +8,8 @@ import numpy as np
 import torch
 from PIL import Image, ImageDraw
 
+from dinossl.optional import require
+
 MASK_COLOUR = (255, 64, 32)
 
 
@@ -18,8 +20,7 @@ def _array(values: torch.Tensor | np.ndarray) -> np.ndarray:
 def heatmap_overlay(image: Image.Image, heat: torch.Tensor | np.ndarray, alpha: float = 0.6,
                     cmap: str = "inferno") -> Image.Image:
     """Picture with a (H, W) map of its size blended on top, the map min-max scaled to [0, 1]."""
-    from matplotlib import colormaps
-
+    colormaps = require("matplotlib", "attention heat maps").colormaps
     heat = _array(heat).astype(np.float64)
     if heat.shape != (image.size[1], image.size[0]):
         raise ValueError(f"map {heat.shape} does not match the picture {image.size[1]}x{image.size[0]}")

@@ -117,6 +117,37 @@ def attention_video(backbone: nn.Module, frames: Sequence[Image.Image | Path], o
     return write_video(pictures, output / video_name, fps=fps)
 
 
+@dataclass(frozen=True)
+class AttentionSettings:
+    """What ``dino attention`` draws: image size, mass fraction of the masks, and the video."""
+
+    short_side: Optional[int] = 480  # None: the image's own size
+    fraction: float = DEFAULT_FRACTION
+    video_name: str = "attention.gif"  # .gif, or .mp4 with PyAV
+    fps: float = 10.0
+    head: Optional[int] = None  # head shown in a video; None: the mean of all heads
+
+    def __post_init__(self) -> None:
+        check_fraction(self.fraction)
+        if self.short_side is not None and self.short_side < 1:
+            raise DataError(f"short_side must be positive, got {self.short_side}")
+        if self.fps <= 0:
+            raise DataError(f"fps must be positive, got {self.fps}")
+        if Path(self.video_name).suffix.lower() not in (".gif", ".mp4") or Path(self.video_name).name != self.video_name:
+            raise DataError(f"video_name must be a file name ending in .gif or .mp4, got {self.video_name!r}")
+
+
+def check_attention_input(source: str | Path, video: bool = False) -> Path:
+    """``source`` if ``dino attention`` can read it: an image file, an image folder, a video file,
+    or with ``video`` a frame folder (checked before any weights are loaded)."""
+    source = Path(source)
+    if not source.exists():
+        raise DataError(f"input {source} does not exist")
+    if video and not (source.is_dir() or is_video_file(source)):
+        raise DataError(f"--video needs a frame folder or a video file, got {source}")
+    return source
+
+
 def run_attention(backbone: nn.Module, source: str | Path, output: Path, *, video: bool = False,
                   short_side: Optional[int] = 480, fraction: float = DEFAULT_FRACTION,
                   video_name: str = "attention.gif", fps: float = 10.0, head: Optional[int] = None,
@@ -126,9 +157,7 @@ def run_attention(backbone: nn.Module, source: str | Path, output: Path, *, vide
     attention video). Returns the main files written."""
     require_vit(backbone)
     check_fraction(fraction)
-    source = Path(source)
-    if not source.exists():
-        raise DataError(f"input {source} does not exist")
+    source = check_attention_input(source, video)
     common = dict(short_side=short_side, fraction=fraction, device=device)
     if is_video_file(source) or (video and source.is_dir()):
         if source.is_dir():

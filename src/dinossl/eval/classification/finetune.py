@@ -29,7 +29,7 @@ from dinossl.data.augment import IMAGENET_MEAN, IMAGENET_STD
 from dinossl.errors import DinoError
 from dinossl.eval.classification.supervised import accuracy, set_loader_epoch
 from dinossl.eval.validation import require_non_negative, require_positive
-from dinossl.objective.schedules import cosine_schedule
+from dinossl.objective.schedules import cosine_schedule, scaled_lr
 from dinossl.runtime.distributed import DistContext
 
 log = logging.getLogger("dinossl")
@@ -69,7 +69,7 @@ class FinetuneSettings:
 
     @property
     def lr(self) -> float:
-        return self.base_lr * self.batch_size / 512
+        return scaled_lr(self.base_lr, self.batch_size, 512)
 
 
 class FinetuneModel(nn.Module):

@@ -25,7 +25,7 @@ from dinossl.data.augment import IMAGENET_MEAN, IMAGENET_STD
 from dinossl.eval.features import FeatureSpec
 from dinossl.eval.classification.supervised import accuracy, set_loader_epoch
 from dinossl.eval.validation import require_non_negative, require_positive
-from dinossl.objective.schedules import cosine_schedule
+from dinossl.objective.schedules import cosine_schedule, scaled_lr
 from dinossl.runtime.distributed import DistContext
 
 log = logging.getLogger("dinossl")
@@ -45,6 +45,8 @@ class LinearSettings:
     eval_every: int = 1  # epochs between evaluations (the last epoch is always evaluated)
     cached: bool = False  # train on center-crop features, no augmentation
     seed: int = 0
+    n_last_blocks: Optional[int] = None  # CLS of this many last blocks; None: 4 (1 with avgpool)
+    avgpool: bool = False  # append the mean patch token of the last block (the ViT-B setting)
 
     def __post_init__(self) -> None:
         require_positive(self, "epochs", "base_lr", "batch_size", "eval_every")
@@ -52,7 +54,7 @@ class LinearSettings:
 
     @property
     def lr(self) -> float:
-        return self.base_lr * self.batch_size / 256
+        return scaled_lr(self.base_lr, self.batch_size, 256)
 
 
 class LinearClassifier(nn.Module):

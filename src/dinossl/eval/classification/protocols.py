@@ -22,19 +22,46 @@ from torch.utils.data import TensorDataset
 from dinossl.data.augment import evaluation_transform
 from dinossl.data.images import ImageFolder
 from dinossl.errors import DinoError
-from dinossl.eval.feature_cache import FeatureCache, Features, file_identity
-from dinossl.eval.features import FeatureSpec, TransformedImages, extract_features, feature_dim, shard_indices
-from dinossl.eval.classification.finetune import FinetuneModel, FinetuneSettings, finetune, finetune_train_transform
-from dinossl.eval.classification.labelled_splits import LabelledSplits, open_splits
 from dinossl.eval.backbones import describe_backbone
-from dinossl.eval.classification.knn import KnnSettings, knn_hits
-from dinossl.eval.classification.linear import (
-    LinearSettings, frozen_feature_batches, linear_train_transform, loader_batches, train_linear_classifier,
+from dinossl.eval.classification.finetune import (
+    FinetuneModel,
+    FinetuneSettings,
+    finetune,
+    finetune_train_transform,
 )
-from dinossl.eval.results import check_output, write_results
-from dinossl.eval.classification.supervised import evaluation_loader, summarise, training_loader
+from dinossl.eval.classification.knn import KnnSettings, knn_hits
+from dinossl.eval.classification.labelled_splits import LabelledSplits, open_splits
+from dinossl.eval.classification.linear import (
+    LinearSettings,
+    frozen_feature_batches,
+    linear_train_transform,
+    loader_batches,
+    train_linear_classifier,
+)
+from dinossl.eval.classification.supervised import (
+    evaluation_loader,
+    summarise,
+    training_loader,
+)
+from dinossl.eval.feature_cache import FeatureCache, Features, file_identity
+from dinossl.eval.features import (
+    FeatureSpec,
+    TransformedImages,
+    extract_features,
+    feature_dim,
+    shard_indices,
+)
+from dinossl.eval.results import write_results
 from dinossl.eval.validation import require_non_negative, require_positive
-from dinossl.runtime.distributed import DistContext, all_reduce, barrier, init_distributed, shutdown_distributed
+from dinossl.outputs import default_output_folder, usable_output_folder
+from dinossl.runtime.distributed import (
+    DistContext,
+    all_reduce,
+    barrier,
+    init_distributed,
+    shutdown_distributed,
+)
+from dinossl.weights import load_backbone
 
 log = logging.getLogger("dinossl")
 
@@ -42,6 +69,7 @@ LINEAR_AUGMENTED = "linear probe (RandomResizedCrop + flip)"
 LINEAR_CACHED = "linear probe on cached center-crop features (no augmentation)"
 FINETUNE = "fine-tuning (DeiT-style)"
 KNN = "weighted k-NN"
+RESULTS_NAME = "results.json"
 
 
 @dataclass(frozen=True)
@@ -173,7 +201,7 @@ class EvalTarget:
     train: Optional[Path] = None
     val: Optional[Path] = None
     device: str = "auto"
-    output: Optional[Path] = None  # default: eval_<name>[_student].json next to the weights
+    output: Optional[Path] = None  # results folder; default: eval-<name>-<data>-<weights> here
     overwrite: bool = False
     features_dir: Optional[Path] = None  # cache of extracted features
     dist_timeout_s: int = 1800
@@ -190,12 +218,12 @@ class EvalTarget:
         source = file_identity(local) if local is not None else {"source": str(self.weights)}
         return {**source, "which": self.which}
 
-    def results_path(self, evaluation: str) -> Path:
+    def output_folder(self, evaluation: str) -> Path:
+        """Where the results go: ``output``, else ``eval-<evaluation>-<data>-<weights>`` here."""
         if self.output is not None:
             return Path(self.output)
-        suffix = "_student" if self.which == "student" else ""
-        folder = self.local_weights.parent if self.local_weights is not None else Path(".")
-        return folder / f"eval_{evaluation}{suffix}.json"
+        data = self.data if self.data is not None else self.train
+        return default_output_folder(f"eval-{evaluation}", self.weights, data, self.which)
 
 
 Body = Callable[[nn.Module, LabelledSplits, DistContext, Optional[FeatureCache]], tuple[str, dict, dict]]
@@ -206,10 +234,9 @@ def _run(target: EvalTarget, evaluation: str, images: ImageSettings, body: Body)
     Returns the results record on the main process, None on the others."""
     if target.which not in ("teacher", "student"):
         raise DinoError(f"which must be teacher or student, got {target.which!r}")
-    output = check_output(target.results_path(evaluation), target.overwrite)
+    folder = usable_output_folder(target.output_folder(evaluation), target.overwrite)
+    output = folder / RESULTS_NAME
     splits = open_splits(target.data, target.train, target.val)
-    from dinossl.weights import load_backbone
-
     backbone = load_backbone(target.weights, which=target.which)
     images.check(backbone)
     owns_group = not (dist.is_available() and dist.is_initialized())
@@ -249,11 +276,11 @@ def run_knn(target: EvalTarget, images: ImageSettings = ImageSettings(),
     return _run(target, "knn", images, body)
 
 
-def run_linear(target: EvalTarget, images: ImageSettings = ImageSettings(), settings: LinearSettings = LinearSettings(),
-               n_last_blocks: Optional[int] = None, avgpool: bool = False) -> Optional[dict[str, Any]]:
+def run_linear(target: EvalTarget, images: ImageSettings = ImageSettings(),
+               settings: LinearSettings = LinearSettings()) -> Optional[dict[str, Any]]:
     """``dino eval linear``: linear probe on frozen features (see :func:`default_spec`)."""
     def body(backbone, splits, ctx, cache):
-        spec = default_spec(backbone, n_last_blocks, avgpool)
+        spec = default_spec(backbone, settings.n_last_blocks, settings.avgpool)
         results = linear_protocol(backbone, splits, images, settings, spec, ctx, cache)
         recorded = {**asdict(images), **asdict(settings), "lr": settings.lr, **asdict(spec)}
         return (LINEAR_CACHED if settings.cached else LINEAR_AUGMENTED), recorded, results

@@ -23,9 +23,9 @@ import torch
 from torch import nn
 
 from dinossl.errors import DinoError
-from dinossl.eval.output_folder import usable_output_folder
 from dinossl.eval.results import write_results
-from dinossl.eval.retrieval.backbone_run import BackboneRun, data_label, default_output
+from dinossl.eval.retrieval.backbone_run import BackboneRun
+from dinossl.outputs import default_output_folder, usable_output_folder
 from dinossl.eval.retrieval.copydays_files import CopydaysLayout, open_copydays
 from dinossl.eval.retrieval.descriptors import (
     DescriptorSpec,
@@ -149,7 +149,7 @@ def run_copydetection(run: BackboneRun, data: str | Path, distractors: Optional[
     for block in layout.blocks:
         check_some_decode(block.queries, f"{layout.root / block.name}")
     extra = open_extra_images(distractors, whitening)
-    folder = usable_output_folder(output or default_output("copydetection", data_label(data), run.weights, run.which),
+    folder = usable_output_folder(output or default_output_folder("copydetection", run.weights, data, run.which),
                                   overwrite)
     backbone, device = run.load()
     settings.spec.check(backbone)

@@ -35,7 +35,8 @@ from torch.nn import functional as F
 
 from dinossl.errors import DataError, DinoError
 from dinossl.eval.image_input import open_image
-from dinossl.eval.retrieval.backbone_run import BackboneRun, data_label, default_output
+from dinossl.eval.retrieval.backbone_run import BackboneRun
+from dinossl.outputs import check_writable, default_output_folder
 from dinossl.eval.retrieval.contact_sheet import contact_sheet
 from dinossl.eval.retrieval.descriptors import (
     DescriptorSpec,
@@ -107,7 +108,7 @@ def check_output_folder(path: str | Path, writes: Sequence[str], overwrite: bool
     if path.exists() and not path.is_dir():
         raise DinoError(f"output {path} exists and is not a folder")
     if not path.is_dir() or overwrite:
-        return path
+        return check_writable(path)
     entries = {entry.name for entry in path.iterdir()}
     foreign = sorted(entries - KNOWN_ENTRIES)
     if foreign:
@@ -117,7 +118,7 @@ def check_output_folder(path: str | Path, writes: Sequence[str], overwrite: bool
     if clash:
         raise DinoError(f"output folder {path} already holds {', '.join(clash)}; pass --overwrite to replace "
                         f"(its index is reused when it matches) or choose a new folder")
-    return path
+    return check_writable(path)
 
 
 def list_folder_images(folder: str | Path, output: Path) -> list[Path]:
@@ -303,7 +304,7 @@ def _search_facts(settings: DedupeSettings, dim: int) -> dict[str, Any]:
 def _prepare(run: BackboneRun, folder: str | Path, settings: DedupeSettings, output: Optional[str | Path],
              overwrite: bool, writes: Sequence[str]) -> tuple[Path, list[Path], list[str], dict[str, Any]]:
     """Checks before any weights are loaded: output folder, then the images."""
-    out = check_output_folder(output or default_output("dedupe", data_label(folder), run.weights, run.which),
+    out = check_output_folder(output or default_output_folder("dedupe", run.weights, folder, run.which),
                               writes, overwrite)
     files = list_folder_images(folder, out)
     names = relative_names(folder, files)

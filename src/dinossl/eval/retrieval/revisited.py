@@ -21,9 +21,9 @@ import torch
 from torch import nn
 
 from dinossl.errors import DataError, DinoError
-from dinossl.eval.output_folder import usable_output_folder
 from dinossl.eval.results import write_results
-from dinossl.eval.retrieval.backbone_run import BackboneRun, default_output
+from dinossl.eval.retrieval.backbone_run import BackboneRun
+from dinossl.outputs import default_output_folder, usable_output_folder
 from dinossl.eval.retrieval.benchmark_files import RevisitedBenchmark, open_revisited
 from dinossl.eval.retrieval.descriptors import (
     MULTISCALE,
@@ -108,7 +108,7 @@ def run_retrieval(run: BackboneRun, data: str | Path, dataset: str, settings: Re
             raise DataError(f"--crop-queries needs a bbx for every query; {len(missing)} have none (first: {missing[0]})")
     check_some_decode(benchmark.database_paths, f"{benchmark.images} (database)")
     check_some_decode(benchmark.query_paths, f"{benchmark.images} (queries)")
-    folder = usable_output_folder(output or default_output("retrieval", dataset, run.weights, run.which), overwrite)
+    folder = usable_output_folder(output or default_output_folder("retrieval", run.weights, dataset, run.which), overwrite)
     backbone, device = run.load()
     start = time.perf_counter()
     results = revisited_protocol(backbone, benchmark, settings, run, device)
