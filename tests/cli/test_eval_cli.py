@@ -63,7 +63,7 @@ def test_settings_come_from_a_yaml_file_and_key_value_overrides_anywhere(tiny_ru
     assert main(["eval", "knn", weights, "knn.ks=[3, 7]", "--data", str(cifar10_small), "--config", str(settings),
                  "images.batch_size=64"]) == 0
     folders = list(tmp_path.glob("eval-knn-*"))
-    assert [f.name for f in folders] == [f"eval-knn-{cifar10_small.name}-teacher_backbone"]  # the default name
+    assert [f.name for f in folders] == [f"eval-knn-{cifar10_small.name}-{tiny_run.name}-teacher_backbone"]  # the default
     record = json.loads((folders[0] / "results.json").read_text())
     assert record["settings"]["ks"] == [3, 7] and record["settings"]["temperature"] == 0.5
     assert (record["settings"]["crop"], record["settings"]["batch_size"]) == (32, 64)

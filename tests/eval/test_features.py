@@ -145,7 +145,7 @@ def _worker(rank: int, world_size: int, port: int, out: str, data: str, weights:
         found[name] = extract_features(vit, source, TRANSFORM, batch_size=2, spec=spec, ctx=ctx)
     uneven = torch.arange(3 * rank * 2, dtype=torch.float32).reshape(-1, 2)  # rank 0: 0 rows, rank 1: 3 rows
     found["gather"] = gather_rows(uneven, ctx, block_rows=2)
-    target = EvalTarget(weights=Path(weights), data=Path(data), device="cpu", output=Path(out) / "knn.json")
+    target = EvalTarget(weights=Path(weights), data=Path(data), device="cpu", output=Path(out) / "knn")
     run_knn(target, ImageSettings(resize=32, crop=32, batch_size=4, num_workers=0), KnnSettings(ks=(1, 3, 20)))
     torch.save(found, Path(out) / f"rank{rank}.pt")
     shutdown_distributed()
@@ -181,8 +181,8 @@ def test_two_processes_gather_the_single_process_features_in_order(tmp_path):
             assert found[name][1].tolist() == labels.tolist(), name
         assert found["gather"].tolist() == [[0.0, 1.0], [2.0, 3.0], [4.0, 5.0]]
 
-    single = run_knn(EvalTarget(weights=weights, data=data, device="cpu", output=out / "knn_single.json"),
+    single = run_knn(EvalTarget(weights=weights, data=data, device="cpu", output=out / "knn_single"),
                      ImageSettings(resize=32, crop=32, batch_size=4, num_workers=0), KnnSettings(ks=(1, 3, 20)))
-    distributed = json.loads((out / "knn.json").read_text())
+    distributed = json.loads((out / "knn" / "results.json").read_text())
     assert distributed["processes"] == 2
     assert distributed["results"] == single["results"]

@@ -7,7 +7,7 @@ import pytest
 import torch
 from PIL import Image
 
-from dinossl.errors import CheckpointError, ConfigError, DataError
+from dinossl.errors import CheckpointError, ConfigError, DataError, DinoError
 from dinossl.eval.attention.maps import cls_attention, mass_mask, upsample
 from dinossl.eval.backbones import require_vit
 from dinossl.eval.attention.report import attend, attention_video, save_image_attention
@@ -220,7 +220,7 @@ def test_mp4_without_pyav_says_what_to_install(tmp_path, monkeypatch):
     import sys
 
     monkeypatch.setitem(sys.modules, "av", None)  # import av now fails
-    with pytest.raises(DataError, match="pip install av"):
+    with pytest.raises(DinoError, match=r"pip install .dinossl\[video\]."):
         write_video([Image.new("RGB", (8, 8))], tmp_path / "clip.mp4")
-    with pytest.raises(DataError, match="pip install av"):
+    with pytest.raises(DinoError, match=r"pip install .dinossl\[video\]."):
         read_video(tmp_path / "clip.mp4")

@@ -40,7 +40,8 @@ def _check(capsys, argv, fragment, output: Path):
     assert main(argv) == 2
     err = [line for line in capsys.readouterr().err.splitlines() if line.strip()]
     assert len(err) == 1, err
-    assert err[0].startswith(f"dino {argv[0]}: error:") and fragment in err[0], err
+    command = " ".join(argv[:2]) if argv[0] == "eval" else argv[0]
+    assert err[0].startswith(f"dino {command}: error:") and fragment in err[0], err
     assert not output.exists()
 
 
