@@ -172,3 +172,15 @@ def test_batched_crops_count_unreadable_images_in_the_log(tmp_path, tiny_image_f
     records = [json.loads(line) for line in (tmp_path / "run" / "log.jsonl").read_text().splitlines()]
     warnings = [r for r in records if r["kind"] == "warning"]
     assert len(warnings) == 1 and warnings[0]["skipped_images"] == 1 and "unreadable" in warnings[0]["message"]
+
+
+def test_warmup_longer_than_training_is_logged(tmp_path, tiny_image_folder):
+    from dinossl.train import build_run
+
+    run = build_run(tiny_config(tiny_image_folder, "optim.warmup_epochs=3"), tmp_path / "run")
+    run.run_log.close()
+    steps = run.steps_per_epoch
+    base = run.config.optim.base_lr * run.global_batch / 256
+    assert run.lr[-1] == pytest.approx(base * (steps - 1) / (3 * steps - 1))  # on the 3-epoch ramp, cut
+    warnings = [json.loads(l) for l in (tmp_path / "run" / "log.jsonl").read_text().splitlines()]
+    assert any(r["kind"] == "warning" and "optim.warmup_epochs=3" in r["message"] for r in warnings)

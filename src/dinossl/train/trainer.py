@@ -202,6 +202,11 @@ def build_run(config: Config, output_dir: str | Path, init_from: Optional[str] =
         lr=lr, weight_decay=weight_decay, momentum=momentum, teacher_temp=teacher_temp,
         run_log=RunLog(output_dir, enabled=ctx.is_main), collapse=CollapseMonitor(out_dim=config.model.out_dim),
     )
+    if o.warmup_epochs > tcfg.epochs and ctx.is_main:
+        run.run_log.warn(
+            f"optim.warmup_epochs={o.warmup_epochs} is longer than train.epochs={tcfg.epochs}: the lr stays on "
+            f"its warm-up ramp and ends at {lr[-1]:.3g}, below the base lr {o.base_lr * global_batch / 256.0:.3g}"
+        )
     if skipped_at_load:
         run.run_log.warn(f"skipped {skipped_at_load} unreadable images while loading {config.data.path} into memory",
                          skipped_images=skipped_at_load)
