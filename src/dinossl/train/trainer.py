@@ -51,6 +51,7 @@ from dinossl.train.optim import (
     set_lr_and_weight_decay,
 )
 from dinossl.train.knn_monitor import SampleKnnMonitor
+from dinossl.train.optimizer_state import fit_optimizer_state
 from dinossl.train.run_folder import check_run_folder, write_run_config
 from dinossl.train.run_log import RunLog
 from dinossl.train.step_stats import StepStats
@@ -222,7 +223,9 @@ def _restore(run: Run, checkpoint: dict[str, Any]) -> None:
     try:
         run.student.load_state_dict(checkpoint["student"])
         run.teacher.load_state_dict(checkpoint["teacher"])
-        run.optimizer.load_state_dict(checkpoint["optimizer"])
+        run.optimizer.load_state_dict(fit_optimizer_state(
+            checkpoint["optimizer"], run.optimizer, run.student, list(checkpoint["student"]),
+            str(run.output_dir / CHECKPOINT_NAME)))
         run.loss_fn.center.copy_(checkpoint["dino_loss"]["center"].to(run.ctx.device))
     except (KeyError, RuntimeError, ValueError) as exc:
         raise CheckpointError(
