@@ -9,7 +9,7 @@ last-layer freeze during epoch 0, AdamW with the iteration's lr and weight decay
 the >1-D, non-bias group only), the EMA with the iteration's momentum, the center update. After
 every iteration the loss, every student and teacher tensor and the center must agree to float32
 rounding as Adam passes it on: the loss to 1e-5 relative, the center to 1e-6, parameters to
-1e-6 + 1e-5 |value|, except the few "weak" elements (WEAK_GRADIENT) held to twice the summed lr.
+1e-6 + 1e-5 |value| plus what Adam can make of gradient rounding (GRADIENT_ROUNDING).
 
 Only :func:`_package_iterations` touches the package's training API.
 """
@@ -32,11 +32,15 @@ EPOCHS, STEPS, BATCH = 3, 3, 4
 GLOBAL, LOCAL, NUM_LOCAL = 32, 16, 2
 PATCH, HEADS = 8, 3
 OUT_DIM = 64
-# An element whose Adam second moment falls below this fraction of its tensor's RMS is "weak":
-# there Adam divides float32 rounding noise of the gradient by a near-zero denominator and can
-# turn it into a step of up to about the lr (the attention's key biases, whose gradient is
-# zero in exact arithmetic, are such elements). About 0.5% of the elements here.
-WEAK_GRADIENT = 1e-3
+# Adam moves an element by lr * m / (sqrt(v) + eps), whatever the gradient's size, so a float32
+# rounding error of a gradient element, relative to its tensor's gradients, changes that step by
+# about lr * error * rms(sqrt(v)) / sqrt(v): negligible where the element's gradients are of its
+# tensor's size, up to the whole lr where they are near zero (the attention's key biases, whose
+# gradient is zero in exact arithmetic, and a few others). GRADIENT_ROUNDING bounds that relative
+# error: run side by side on this case, the package and the reference's own main_dino.py loop
+# needed 3.3e-7, the restatement below and the reference's loop 5e-8. The comparison allows each
+# element twice what gradient rounding could have moved it.
+GRADIENT_ROUNDING = 1e-6
 
 
 # --------------------------------------------------------------------------------------------
@@ -160,8 +164,8 @@ def _dino_loss(student_output, teacher_output, center, temp, student_temp, ncrop
 
 def _reference_iterations(config, initial, batches):
     """The reference's training loop from ``initial`` weights; per iteration (loss, student,
-    teacher, center, weak elements so far, sum of the lr so far) and the number of gradient
-    tensors clipped / left alone."""
+    teacher, center, slack: how far gradient rounding could have moved each element so far) and
+    the number of gradient tensors clipped / left alone."""
     m, o, lc = config.model, config.optim, config.loss
     student = {k: v.clone().requires_grad_(not (m.norm_last_layer and k == "head.last_layer.weight_g"))
                for k, v in initial.items()}
@@ -177,7 +181,7 @@ def _reference_iterations(config, initial, batches):
                                     np.ones(EPOCHS - lc.warmup_teacher_temp_epochs) * lc.teacher_temp))
     depth = m.depth
     results, clipped, unclipped = [], 0, 0
-    weak = {k: torch.zeros_like(v, dtype=torch.bool) for k, v in student.items()}
+    slack = {k: torch.zeros_like(v) for k, v in student.items()}
     for epoch in range(EPOCHS):
         for step in range(STEPS):
             it = STEPS * epoch + step
@@ -208,17 +212,18 @@ def _reference_iterations(config, initial, batches):
                     if "last_layer" in name:
                         param.grad = None
             optimizer.step()
-            for name, param in student.items():  # elements whose Adam denominator is near zero
+            for name, param in student.items():  # how far gradient rounding could move each element
                 if param in optimizer.state:
                     root = optimizer.state[param]["exp_avg_sq"].sqrt()
-                    weak[name] |= root < WEAK_GRADIENT * root.square().mean().sqrt()
+                    ratio = GRADIENT_ROUNDING * root.square().mean().sqrt() / root
+                    slack[name] += lr_schedule[it] * torch.where(root > 0, ratio, 1.0).clamp(max=1.0)
             with torch.no_grad():
                 momentum = momentum_schedule[it]
                 for name in teacher:
                     teacher[name] = teacher[name] * momentum + (1 - momentum) * student[name].detach()
             results.append((loss.item(), {k: v.detach().clone() for k, v in student.items()},
                             {k: v.clone() for k, v in teacher.items()}, center.clone(),
-                            {k: v.clone() for k, v in weak.items()}, float(lr_schedule[:it + 1].sum())))
+                            {k: v.clone() for k, v in slack.items()}))
     return results, clipped, unclipped
 
 
@@ -264,15 +269,11 @@ def _fixed_crops(seed: int) -> list[list[torch.Tensor]]:
             for _ in range(EPOCHS * STEPS)]
 
 
-def _assert_parameters_agree(ours, theirs, weak, lr_sum, what):
-    """Float32 agreement; ``weak`` elements (see WEAK_GRADIENT) may be off by 2 x the summed lr more."""
+def _assert_parameters_agree(ours, theirs, slack, what):
+    """Float32 agreement, plus twice the ``slack`` Adam gives each element (see GRADIENT_ROUNDING)."""
     for name in theirs:
-        difference = (ours[name] - theirs[name]).abs()
-        tolerance = 1e-6 + 1e-5 * theirs[name].abs()
-        strong = ~weak[name]
-        assert (difference[strong] <= tolerance[strong]).all(), (
-            f"{what} {name}: {difference[strong].max().item():.3g} off the reference")
-        assert (difference[weak[name]] <= tolerance[weak[name]] + 2 * lr_sum).all(), f"{what} {name} (weak elements)"
+        excess = (ours[name] - theirs[name]).abs() - (1e-6 + 1e-5 * theirs[name].abs() + 2 * slack[name])
+        assert (excess <= 0).all(), f"{what} {name}: off the reference by {excess.max().item():.3g} too much"
 
 
 @pytest.mark.parametrize("norm_last_layer", [True, False], ids=["frozen-norm", "learned-norm"])
@@ -282,15 +283,16 @@ def test_iterations_match_the_reference_loop(tmp_path, twelve_images, norm_last_
     initial, ours = _package_iterations(config, tmp_path / "run", batches)
     theirs, clipped, unclipped = _reference_iterations(config, initial, batches)
     assert clipped > 0 and unclipped > 0  # the clipping threshold acts on some tensors, not all
-    weak_fraction = sum(int(w.sum()) for w in theirs[-1][4].values()) / sum(v.numel() for v in initial.values())
-    assert weak_fraction < 0.01
+    final = theirs[-1]
+    loose = torch.cat([(2 * final[4][k] > 1e-6 + 1e-5 * final[1][k].abs()).flatten() for k in final[1]])
+    assert loose.float().mean() < 0.05  # the slack exceeds the float32 tolerance for few elements (2.5%)
 
-    for it, ((loss, student, teacher, center), (ref_loss, ref_student, ref_teacher, ref_center, weak, lr_sum)) in (
+    for it, ((loss, student, teacher, center), (ref_loss, ref_student, ref_teacher, ref_center, slack)) in (
             enumerate(zip(ours, theirs))):
         assert loss == pytest.approx(ref_loss, rel=1e-5), f"loss at iteration {it}"
         torch.testing.assert_close(center, ref_center, rtol=1e-5, atol=1e-6, msg=f"center at iteration {it}")
-        _assert_parameters_agree(student, ref_student, weak, lr_sum, f"iteration {it}: student")
-        _assert_parameters_agree(teacher, ref_teacher, weak, lr_sum, f"iteration {it}: teacher")
+        _assert_parameters_agree(student, ref_student, slack, f"iteration {it}: student")
+        _assert_parameters_agree(teacher, ref_teacher, slack, f"iteration {it}: teacher")
 
     # The iterations are not trivial: the weights move, the last layer only after epoch 0,
     # and the teacher lags the student.
