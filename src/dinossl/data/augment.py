@@ -37,15 +37,19 @@ def _to_normalized_tensor() -> list[Callable]:
 
 
 def _photometric(crops: CropConfig, blur_p: float, solarize_p: float) -> list[Callable]:
+    """Flip, colour jitter, grayscale, blur and (only where its probability is not 0, as in the
+    reference, so that no random number is drawn for it) solarisation."""
     brightness, contrast, saturation, hue = crops.color_jitter
-    return [
+    ops: list[Callable] = [
         v2.RandomHorizontalFlip(p=0.5),
         v2.RandomApply([v2.ColorJitter(brightness=brightness, contrast=contrast, saturation=saturation, hue=hue)],
                        p=crops.color_jitter_p),
         v2.RandomGrayscale(p=crops.grayscale_p),
         RandomGaussianBlur(blur_p, *crops.blur_radius),
-        v2.RandomSolarize(threshold=128, p=solarize_p),
     ]
+    if solarize_p > 0:
+        ops.append(v2.RandomSolarize(threshold=128, p=solarize_p))
+    return ops
 
 
 class MultiCropAugmentation:
