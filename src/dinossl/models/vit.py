@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import torch
 from timm.models.vision_transformer import VisionTransformer
+from torch import nn
 
 from dinossl.models.position_embedding import resample_position_embeddings
 
@@ -49,6 +50,9 @@ class ViTBackbone(VisionTransformer):
             drop_path_rate=drop_path_rate,
         )
         self.patch_size = patch_size
+        # timm starts the [CLS] token at N(0, 1e-6); the reference, like the position embeddings,
+        # at a normal of std 0.02 truncated to [-2, 2].
+        nn.init.trunc_normal_(self.cls_token, std=0.02)
 
     def _add_positions(self, patches: torch.Tensor, square_image: bool) -> torch.Tensor:
         """(B, rows, cols, d) patch embeddings -> (B, 1 + rows*cols, d) with [CLS] and positions."""
