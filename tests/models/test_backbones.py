@@ -95,3 +95,18 @@ def test_drop_path_on_student_only():
     assert isinstance(teacher.backbone.blocks[-1].drop_path1, torch.nn.Identity)
     assert isinstance(build_backbone(backbone_spec(ModelConfig(arch="resnet50"))), torch.nn.Module)
     assert isinstance(student, MultiCropNetwork)
+
+
+def test_initialisation_follows_the_reference_recipe():
+    """The reference starts [CLS] and the position embeddings at a normal of std 0.02 truncated to
+    [-2, 2], every Linear weight likewise with zero bias, LayerNorms at 1 and 0 (timm alone would
+    start [CLS] at std 1e-6)."""
+    torch.manual_seed(0)
+    model = build_vit("vit_base", patch_size=16, depth=2)
+    for tensor in (model.cls_token, model.pos_embed):
+        assert 0.018 < tensor.std().item() < 0.022 and tensor.abs().max() <= 2.0
+    for module in model.modules():
+        if isinstance(module, torch.nn.Linear):
+            assert 0.019 < module.weight.std().item() < 0.021 and torch.all(module.bias == 0)
+        if isinstance(module, torch.nn.LayerNorm):
+            assert torch.all(module.weight == 1) and torch.all(module.bias == 0)

@@ -1,8 +1,10 @@
+import warnings
+
 import pytest
 import torch
 import torch.nn.functional as F
 
-from dinossl.models import DINOHead
+from dinossl.models import DINOHead, WeightNormLinear
 
 
 def test_shapes_and_key_layout():
@@ -27,7 +29,27 @@ def test_norm_last_layer_freezes_g_at_one():
     assert not head.last_layer.weight_g.requires_grad and head.last_layer.weight_v.requires_grad
     free = DINOHead(8, out_dim=12, hidden_dim=16, bottleneck_dim=4, norm_last_layer=False)
     assert free.last_layer.weight_g.requires_grad
-    torch.testing.assert_close(free.last_layer.weight_g, free.last_layer.weight_v.norm(dim=1, keepdim=True))
+    assert torch.equal(free.last_layer.weight_g, torch.ones(12, 1))  # the reference fills g with 1 either way
+
+
+def test_last_layer_parameters_in_weight_norm_order_and_values():
+    """Same names, order, shapes and initial values as torch's weight norm of nn.Linear(bias=False)
+    with g filled with 1 (the reference's last layer), drawn from the same generator state."""
+    torch.manual_seed(3)
+    ours = WeightNormLinear(4, 12, fix_norm=False)
+    torch.manual_seed(3)
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", FutureWarning)  # the reference uses the deprecated form
+        reference = torch.nn.utils.weight_norm(torch.nn.Linear(4, 12, bias=False))
+    reference.weight_g.data.fill_(1)
+    assert [n for n, _ in ours.named_parameters()] == [n for n, _ in reference.named_parameters()] == [
+        "weight_g", "weight_v"]
+    for (_, a), (_, b) in zip(ours.named_parameters(), reference.named_parameters()):
+        assert torch.equal(a, b)
+    x = torch.randn(5, 4)
+    torch.testing.assert_close(ours(x), reference(x), rtol=1e-6, atol=1e-7)
+    head = DINOHead(8, out_dim=12, hidden_dim=16, bottleneck_dim=4)
+    assert [n for n, _ in head.named_parameters()][-2:] == ["last_layer.weight_g", "last_layer.weight_v"]
 
 
 def test_forward_is_normalised_bottleneck_times_unit_prototypes():

@@ -157,3 +157,41 @@ def test_batched_crops_count_unreadable_images_in_the_log(tmp_path, tiny_image_f
     records = [json.loads(line) for line in (tmp_path / "run" / "log.jsonl").read_text().splitlines()]
     warnings = [r for r in records if r["kind"] == "warning"]
     assert len(warnings) == 1 and warnings[0]["skipped_images"] == 1 and "unreadable" in warnings[0]["message"]
+
+
+def test_warmup_longer_than_training_is_logged(tmp_path, tiny_image_folder):
+    from dinossl.train import build_run
+
+    run = build_run(tiny_config(tiny_image_folder, "optim.warmup_epochs=3"), tmp_path / "run")
+    run.run_log.close()
+    steps = run.steps_per_epoch
+    base = run.config.optim.base_lr * run.global_batch / 256
+    assert run.schedules.lr[-1] == pytest.approx(base * (steps - 1) / (3 * steps - 1))  # on the 3-epoch ramp, cut
+    warnings = [json.loads(l) for l in (tmp_path / "run" / "log.jsonl").read_text().splitlines()]
+    assert any(r["kind"] == "warning" and "optim.warmup_epochs=3" in r["message"] for r in warnings)
+
+
+def test_checkpoint_with_the_older_last_layer_order_resumes_exactly(tmp_path, tiny_image_folder, monkeypatch):
+    """A run whose first epoch was written by the older code (weight_v registered before weight_g,
+    so its optimiser state lists them the other way round) resumes to the state of an
+    uninterrupted run."""
+    from dinossl.models.head import WeightNormLinear
+
+    extra = ["train.epochs=2", "model.norm_last_layer=false", "optim.freeze_last_layer=0"]
+    full = tmp_path / "full"
+    train(tiny_config(tiny_image_folder, *extra), full)
+
+    original_init = WeightNormLinear.__init__
+
+    def older_init(self, *args, **kwargs):
+        original_init(self, *args, **kwargs)
+        self._parameters["weight_g"] = self._parameters.pop("weight_g")  # v first, then g
+
+    split = tmp_path / "split"
+    with monkeypatch.context() as patch:
+        patch.setattr(WeightNormLinear, "__init__", older_init)
+        train(tiny_config(tiny_image_folder, *extra), split, stop_after_epochs=1)
+    keys = list(_state(split)["student"])
+    assert keys.index("head.last_layer.weight_v") < keys.index("head.last_layer.weight_g")
+    train(tiny_config(tiny_image_folder, *extra), split)
+    _assert_same_state(_state(full), _state(split))

@@ -38,16 +38,20 @@ def _to_normalized_tensor() -> list[Callable]:
 
 
 def _photometric(view: ViewSpec) -> list[Callable]:
+    """Flip, colour jitter, grayscale, blur and (only where its probability is not 0, as in the
+    reference, so that no random number is drawn for it) solarisation."""
     photometry = view.photometry
     brightness, contrast, saturation, hue = photometry.color_jitter
-    return [
+    ops: list[Callable] = [
         v2.RandomHorizontalFlip(p=FLIP_P),
         v2.RandomApply([v2.ColorJitter(brightness=brightness, contrast=contrast, saturation=saturation, hue=hue)],
                        p=photometry.color_jitter_p),
         v2.RandomGrayscale(p=photometry.grayscale_p),
         RandomGaussianBlur(photometry.blur_p, *photometry.blur_radius),
-        v2.RandomSolarize(threshold=128, p=photometry.solarize_p),
     ]
+    if photometry.solarize_p > 0:
+        ops.append(v2.RandomSolarize(threshold=128, p=photometry.solarize_p))
+    return ops
 
 
 def view_transform(view: ViewSpec) -> v2.Compose:

@@ -75,6 +75,6 @@ def draw_params(view: ViewPhotometry) -> torch.Tensor:
     if view.blur_p > 0 and torch.rand(()).item() < view.blur_p:  # the PIL blur compares as a float
         low, high = view.blur_radius
         values[BLUR_SIGMA] = low + (high - low) * torch.rand(()).item()
-    if bool(torch.rand(1) < view.solarize_p):
+    if view.solarize_p > 0 and bool(torch.rand(1) < view.solarize_p):  # no draw where the loader has no op
         values[SOLARIZE] = 1.0
     return torch.tensor(values)

@@ -10,19 +10,18 @@ from torch.nn import functional as F
 class WeightNormLinear(nn.Module):
     """Linear layer without bias whose weight is ``g * v / ||v||`` row by row.
 
-    Parameters carry the names of ``torch.nn.utils.weight_norm`` (``weight_g`` K x 1,
-    ``weight_v`` K x in), as in the released DINO checkpoints. With ``fix_norm`` the norm
-    ``g`` is 1 and frozen, so the layer only learns directions.
+    Parameters carry the names and the order of ``torch.nn.utils.weight_norm`` (``weight_g``
+    K x 1 first, then ``weight_v`` K x in), as in the reference and its checkpoints, so
+    parameter lists (and optimiser states) line up position by position. ``v`` starts as
+    nn.Linear's weight and ``g`` at 1 (the reference fills it with 1); with ``fix_norm`` ``g``
+    stays 1 (frozen), so the layer only learns directions.
     """
 
     def __init__(self, in_dim: int, out_dim: int, fix_norm: bool = True) -> None:
         super().__init__()
+        self.weight_g = nn.Parameter(torch.ones(out_dim, 1), requires_grad=not fix_norm)
         self.weight_v = nn.Parameter(torch.empty(out_dim, in_dim))
         nn.init.kaiming_uniform_(self.weight_v, a=5**0.5)  # nn.Linear's default
-        self.weight_g = nn.Parameter(self.weight_v.detach().norm(dim=1, keepdim=True).clone())
-        if fix_norm:
-            self.weight_g.data.fill_(1.0)
-            self.weight_g.requires_grad = False
 
     @property
     def weight(self) -> torch.Tensor:

@@ -4,6 +4,9 @@ from __future__ import annotations
 
 import torch
 from timm.models.vision_transformer import VisionTransformer
+from torch import nn
+
+from dinossl.models.position_embedding import resample_position_embeddings
 
 # name -> (embed_dim, num_heads); all have depth 12 and MLP ratio 4.
 VIT_SIZES: dict[str, tuple[int, int]] = {
@@ -18,8 +21,10 @@ class ViTBackbone(VisionTransformer):
 
     Parameter names and shapes are those of the released DINO weights (cls_token, pos_embed,
     patch_embed.proj, blocks.i.*, norm), so their state dicts load without renaming.
-    Input images may have any size divisible by the patch size (position embeddings are
-    interpolated).
+    Input images may have any size (H, W) of at least one patch; the grid is (H // p, W // p)
+    and the position embeddings are resampled to it with the reference implementation's rule
+    (:func:`~dinossl.models.position_embedding.resample_position_embeddings`) on every path:
+    ``forward``, ``forward_features``, ``intermediate_layers``, ``last_selfattention``.
     """
 
     def __init__(
@@ -45,13 +50,34 @@ class ViTBackbone(VisionTransformer):
             drop_path_rate=drop_path_rate,
         )
         self.patch_size = patch_size
+        # timm starts the [CLS] token at N(0, 1e-6); the reference, like the position embeddings,
+        # at a normal of std 0.02 truncated to [-2, 2].
+        nn.init.trunc_normal_(self.cls_token, std=0.02)
+
+    def _add_positions(self, patches: torch.Tensor, square_image: bool) -> torch.Tensor:
+        """(B, rows, cols, d) patch embeddings -> (B, 1 + rows*cols, d) with [CLS] and positions."""
+        batch, rows, cols, dim = patches.shape
+        tokens = torch.cat([self.cls_token.expand(batch, -1, -1), patches.reshape(batch, rows * cols, dim)], dim=1)
+        return self.pos_drop(tokens + resample_position_embeddings(self.pos_embed, rows, cols, square_image))
+
+    def _pos_embed(self, x: torch.Tensor) -> torch.Tensor:
+        """timm's hook (its own methods call it): (B, rows, cols, d) -> (B, 1 + rows*cols, d),
+        the image taken as square when the grid is."""
+        return self._add_positions(x, square_image=x.shape[1] == x.shape[2])
 
     def _tokens_before_blocks(self, images: torch.Tensor) -> torch.Tensor:
-        """(B, 3, H, W) -> (B, 1 + H/p * W/p, d) embedded tokens with positions."""
-        x = self.patch_embed(images)
-        x = self._pos_embed(x)
+        """(B, 3, H, W) -> (B, 1 + (H//p) * (W//p), d) embedded tokens with positions."""
+        x = self._add_positions(self.patch_embed(images), square_image=images.shape[-2] == images.shape[-1])
         x = self.patch_drop(x)
         return self.norm_pre(x)
+
+    def forward_features(self, images: torch.Tensor) -> torch.Tensor:
+        """(B, 3, H, W) -> (B, 1 + N, d) tokens after the final LayerNorm."""
+        return self.norm(self.blocks(self._tokens_before_blocks(images)))
+
+    def forward(self, images: torch.Tensor) -> torch.Tensor:
+        """(B, 3, H, W) -> (B, d) [CLS] token after the final LayerNorm."""
+        return self.forward_head(self.forward_features(images))
 
     def intermediate_layers(self, images: torch.Tensor, n: int = 1) -> list[torch.Tensor]:
         """Outputs of the last ``n`` blocks, each through the final LayerNorm: n x (B, 1+N, d)."""

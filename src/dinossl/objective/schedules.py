@@ -18,21 +18,23 @@ def cosine_schedule(
     warmup_epochs: int = 0,
     warmup_start_value: float = 0.0,
 ) -> np.ndarray:
-    """Values for each of ``epochs * iters_per_epoch`` iterations.
+    """Values (float64) for each of ``epochs * iters_per_epoch`` iterations, DINO's schedule.
 
-    Linear warm-up from ``warmup_start_value`` to ``base_value`` over ``warmup_epochs``
-    epochs (excluding the end point), then a half cosine from ``base_value`` down (or up) to
-    ``final_value``, which the last iteration reaches exactly.
+    Warm-up: ``W = warmup_epochs * iters_per_epoch`` points evenly spaced from
+    ``warmup_start_value`` to ``base_value``, both included (iteration ``W - 1`` is at
+    ``base_value``). Then, for the ``n`` remaining iterations ``i = 0 .. n - 1``,
+    ``final + 0.5 * (base - final) * (1 + cos(pi * i / n))``: it starts at ``base_value`` again
+    and approaches ``final_value`` without reaching it.
+
+    A warm-up longer than training keeps its slope and is cut at the last iteration: the
+    values are the first ``epochs * iters_per_epoch`` of the warm-up ramp, so ``base_value``
+    is never reached (the reference implementation refuses such a schedule).
     """
     total = epochs * iters_per_epoch
-    warmup_iters = min(warmup_epochs * iters_per_epoch, total)
-    warmup = np.linspace(warmup_start_value, base_value, warmup_iters, endpoint=False)
-    remaining = total - warmup_iters
-    if remaining == 1:
-        cosine = np.array([final_value], dtype=np.float64)
-    else:
-        progress = np.arange(remaining) / max(remaining - 1, 1)
-        cosine = final_value + 0.5 * (base_value - final_value) * (1 + np.cos(np.pi * progress))
+    warmup_iters = warmup_epochs * iters_per_epoch
+    warmup = np.linspace(warmup_start_value, base_value, warmup_iters)[:total]
+    iters = np.arange(max(total - warmup_iters, 0))
+    cosine = final_value + 0.5 * (base_value - final_value) * (1 + np.cos(np.pi * iters / max(len(iters), 1)))
     schedule = np.concatenate([warmup, cosine])
     assert len(schedule) == total
     return schedule

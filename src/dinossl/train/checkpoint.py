@@ -59,7 +59,7 @@ def read_checkpoint(path: str | Path) -> dict[str, Any]:
 def restore_training_state(distiller: Distiller, checkpoint: dict[str, Any], source: str | Path) -> int:
     """Load a checkpoint into ``distiller``; returns the number of epochs it had completed."""
     try:
-        distiller.load_state_dict(checkpoint)
+        distiller.load_state_dict(checkpoint, str(source))
     except (KeyError, RuntimeError, ValueError) as exc:
         raise CheckpointError(f"{source} does not fit this model ({str(exc).splitlines()[0]})") from exc
     return int(checkpoint["epoch"])

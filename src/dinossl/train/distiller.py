@@ -28,6 +28,7 @@ from dinossl.train.optim import (
     drop_last_layer_gradients,
     set_lr_and_weight_decay,
 )
+from dinossl.train.optimizer_state import fit_optimizer_state
 from dinossl.train.teacher import ema_update, init_teacher
 from dinossl.weights import load_backbone_into
 
@@ -99,11 +100,13 @@ class Distiller:
             "fp16_scaler": self.scaler.state_dict() if self.scaler.is_enabled() else None,
         }
 
-    def load_state_dict(self, state: dict[str, Any]) -> None:
-        """Restore what :meth:`state_dict` wrote (KeyError, RuntimeError or ValueError if it does not fit)."""
+    def load_state_dict(self, state: dict[str, Any], source: str = "checkpoint") -> None:
+        """Restore what :meth:`state_dict` wrote (KeyError, RuntimeError or ValueError if it does
+        not fit; CheckpointError naming ``source`` for an optimiser state of another model)."""
         self.student.load_state_dict(state["student"])
         self.teacher.load_state_dict(state["teacher"])
-        self.optimizer.load_state_dict(state["optimizer"])
+        self.optimizer.load_state_dict(
+            fit_optimizer_state(state["optimizer"], self.optimizer, self.student, list(state["student"]), source))
         self.loss_fn.center.copy_(state["dino_loss"]["center"].to(self.loss_fn.center.device))
         if state.get("fp16_scaler"):
             self.scaler.load_state_dict(state["fp16_scaler"])

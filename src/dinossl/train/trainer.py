@@ -23,7 +23,7 @@ from dinossl.data import to_model_input
 from dinossl.data.crop_recipe import CropRecipe
 from dinossl.data.training_data import TrainingData, build_training_data
 from dinossl.errors import DataError
-from dinossl.objective import CollapseMonitor, TrainingSchedules, build_schedules
+from dinossl.objective import CollapseMonitor, TrainingSchedules, build_schedules, scaled_lr
 from dinossl.runtime.distributed import (
     DistContext,
     PeerFailure,
@@ -131,6 +131,13 @@ def build_run(config: Config, output_dir: str | Path, init_from: Optional[str] =
         schedules=schedules, run_log=RunLog(output_dir, enabled=ctx.is_main),
         collapse=CollapseMonitor(out_dim=config.model.out_dim),
     )
+    o = config.optim
+    if o.warmup_epochs > tcfg.epochs and ctx.is_main:
+        run.run_log.warn(
+            f"optim.warmup_epochs={o.warmup_epochs} is longer than train.epochs={tcfg.epochs}: the lr stays on "
+            f"its warm-up ramp and ends at {schedules.lr[-1]:.3g}, below the base lr "
+            f"{scaled_lr(o.base_lr, global_batch):.3g}"
+        )
     if data.skipped_at_load:
         run.run_log.warn(f"skipped {data.skipped_at_load} unreadable images while loading {config.data.path} into memory",
                          skipped_images=data.skipped_at_load)
