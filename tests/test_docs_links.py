@@ -89,3 +89,19 @@ def test_relative_links_resolve(page: Path):
 def test_docs_are_found():
     names = {p.relative_to(REPO).as_posix() for p in PAGES}
     assert {"README.md", "docs/training.md", "docs/architecture.md"} <= names
+
+
+TEST_REFERENCE = re.compile(r"`(tests/[\w/]+\.py)(?:::(\w+))?`")
+
+
+@pytest.mark.parametrize("page", PAGES, ids=lambda p: str(p.relative_to(REPO)))
+def test_named_tests_exist(page):
+    """A claim that names the test proving it names a test that exists."""
+    missing = []
+    for path, name in TEST_REFERENCE.findall(page.read_text()):
+        target = REPO / path
+        if not target.is_file():
+            missing.append(path)
+        elif name and not re.search(rf"^def {name}\b", target.read_text(), re.MULTILINE):
+            missing.append(f"{path}::{name}")
+    assert not missing, f"{page.name} names tests that do not exist: {missing}"
