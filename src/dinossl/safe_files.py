@@ -22,6 +22,7 @@ from pathlib import Path
 from typing import Any, Callable, ClassVar, Optional
 
 import torch
+from safetensors.torch import load_file
 
 from dinossl.errors import CheckpointError
 
@@ -142,8 +143,6 @@ def read_weights_file(path: str | Path) -> Any:
     if kind is None:
         raise CheckpointError(f"{path}: not a PyTorch (.pth) nor a safetensors file")
     if kind == "safetensors":
-        from safetensors.torch import load_file
-
         try:
             return load_file(str(path))
         except Exception as exc:  # safetensors raises its own error types

@@ -17,10 +17,12 @@ from pathlib import Path
 from typing import Any, Callable, Optional
 
 import torch
+from safetensors import safe_open
+from safetensors.torch import save_file
 
 from dinossl.errors import DataError
-from dinossl.safe_files import write_atomic
 from dinossl.runtime.distributed import DistContext, all_reduce, barrier
+from dinossl.safe_files import write_atomic
 
 log = logging.getLogger("dinossl")
 
@@ -41,8 +43,6 @@ def cache_key(identity: dict[str, Any]) -> str:
 
 def save_features(path: str | Path, features: torch.Tensor, labels: torch.Tensor, identity: dict[str, Any]) -> None:
     """Write (N, D) features and (N,) labels with their identity, atomically."""
-    from safetensors.torch import save_file
-
     tensors = {"features": features.float().contiguous().cpu(), "labels": labels.long().contiguous().cpu()}
     metadata = {"identity": json.dumps(identity, sort_keys=True)}
     write_atomic(path, lambda tmp: save_file(tensors, tmp, metadata=metadata))
@@ -50,8 +50,6 @@ def save_features(path: str | Path, features: torch.Tensor, labels: torch.Tensor
 
 def load_features(path: str | Path) -> tuple[torch.Tensor, torch.Tensor, dict[str, Any]]:
     """(features (N, D), labels (N,), identity) of a saved entry."""
-    from safetensors import safe_open
-
     try:
         with safe_open(str(path), framework="pt") as handle:
             identity = json.loads((handle.metadata() or {}).get("identity", "{}"))

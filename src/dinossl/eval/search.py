@@ -31,6 +31,7 @@ import torch
 from torch.nn import functional as F
 
 from dinossl.errors import DinoError
+from dinossl.optional import require
 
 Transform = Callable[[torch.Tensor], torch.Tensor]
 BACKENDS = ("auto", "torch", "faiss")
@@ -239,7 +240,7 @@ def pairs_tile_bytes(dim: int, tile: int = 4096) -> int:
 
 
 def _faiss_index(matrix: Any, chunk: int, transform: Optional[Transform]):
-    import faiss  # optional dependency
+    faiss = require("faiss", "the faiss search backend")
 
     index = None
     for start in range(0, int(matrix.shape[0]), chunk):

@@ -7,6 +7,7 @@ from pathlib import Path
 from typing import Optional
 
 import torch
+from safetensors.torch import save_file
 
 from dinossl.errors import CheckpointError
 from dinossl.models import BackboneSpec, build_backbone
@@ -58,8 +59,6 @@ def write_backbone(state: dict[str, torch.Tensor], path: str | Path, fmt: Option
     if fmt == "pth":
         write_atomic(path, lambda tmp: torch.save(tensors, tmp))
     else:
-        from safetensors.torch import save_file
-
         write_atomic(path, lambda tmp: save_file(_unshared(tensors), tmp, metadata={"format": "pt"}))
     return path
 
