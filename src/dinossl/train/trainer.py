@@ -24,6 +24,7 @@ from dinossl.data.crop_recipe import CropRecipe
 from dinossl.data.training_data import TrainingData, build_training_data
 from dinossl.errors import DataError
 from dinossl.objective import CollapseMonitor, TrainingSchedules, build_schedules, scaled_lr
+from dinossl.runtime.cuda_settings import configure_cuda
 from dinossl.runtime.distributed import (
     DistContext,
     PeerFailure,
@@ -33,6 +34,7 @@ from dinossl.runtime.distributed import (
     is_peer_failure,
     shutdown_distributed,
 )
+from dinossl.runtime.precision import resolve_precision
 from dinossl.train.checkpoint import (
     CHECKPOINT_NAME,
     export_teacher_backbone,
@@ -107,11 +109,16 @@ def _seed_for_epoch(seed: int, epoch: int, rank: int) -> None:
     torch.manual_seed(seed * 1_000_003 + epoch * 1009 + rank)
 
 
-def build_run(config: Config, output_dir: str | Path, init_from: Optional[str] = None) -> TrainingRun:
+def build_run(config: Config, output_dir: str | Path, init_from: Optional[str] = None,
+              ctx: Optional[DistContext] = None) -> TrainingRun:
     """Data, distiller and schedules; resumes from ``output_dir`` when it holds a checkpoint of
-    the same configuration."""
+    the same configuration. ``ctx``: the process group already joined (None: join it here)."""
     output_dir = Path(output_dir)
-    ctx = init_distributed(config.train.device, config.train.dist_timeout_s)
+    if ctx is None:
+        ctx = init_distributed(config.train.device, config.train.dist_timeout_s)
+    # TF32 for fp32 runs only: mixed-precision runs keep their float32 parts (the head's last
+    # layer, the loss) in IEEE float32.
+    configure_cuda(ctx.device, tf32=config.train.tf32 and resolve_precision(config.train.precision, ctx.device) is None)
     if config.train.threads > 0:
         torch.set_num_threads(config.train.threads)
     checkpoint = check_run_folder(output_dir, config)
