@@ -227,21 +227,23 @@ def train(
     no export), leaving a run that a later call resumes. ``monitors`` look at the networks after
     each epoch and after training (main process only); their records go to ``log.jsonl``.
     """
-    run = build_run(config, output_dir, init_from)
+    ctx = init_distributed(config.train.device, config.train.dist_timeout_s)
+    run: Optional[TrainingRun] = None
     try:
-        result = _train(run, stop_after_epochs, monitors)
-        if run.ctx.owns_process_group:
-            shutdown_distributed()
-        return result
+        run = build_run(config, output_dir, init_from, ctx)
+        return _train(run, stop_after_epochs, monitors)
     except (RuntimeError, dist.DistError) as exc:
-        if run.ctx.distributed and is_peer_failure(exc):
+        if ctx.distributed and is_peer_failure(exc):
             raise PeerFailure(
-                f"rank {run.ctx.rank}: lost contact with another process of the run "
-                f"({str(exc).strip().splitlines()[0][:200]}); the last checkpoint in {run.output_dir} is untouched"
+                f"rank {ctx.rank}: lost contact with another process of the run "
+                f"({str(exc).strip().splitlines()[0][:200]}); the last checkpoint in {output_dir} is untouched"
             ) from exc
         raise
-    finally:
-        run.run_log.close()
+    finally:  # every exit: success, stop, bad data, non-finite loss, lost peer, interrupt
+        if run is not None:
+            run.run_log.close()
+        if ctx.owns_process_group:
+            shutdown_distributed()
 
 
 def _report(run: TrainingRun, report: Optional[MonitorReport], progress: Optional[tqdm] = None) -> None:
