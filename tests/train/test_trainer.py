@@ -1,6 +1,7 @@
 """End-to-end behaviour of the trainer on a tiny model and 64 images (seconds per test)."""
 
 import json
+import math
 
 import pytest
 import torch
@@ -250,3 +251,24 @@ def test_tf32_applies_to_fp32_runs_only(tmp_path, tiny_image_folder, monkeypatch
                                 "train.device=cpu"), tmp_path / "run")
     run.run_log.close()
     assert calls == [(torch.device("cpu"), expected)]
+
+
+@pytest.mark.gpu
+@pytest.mark.parametrize("precision", ["auto", "fp16", "fp32"])
+def test_a_tiny_run_trains_and_resumes_on_cuda(tmp_path, tiny_image_folder, precision):
+    """The CUDA paths end to end: crops cut on the GPU, autocast (bf16 on sm80+, else fp16 with
+    its scaler), TF32 for fp32, checkpoint, resume, export."""
+    out = tmp_path / "run"
+    config = tiny_config(tiny_image_folder, "train.device=cuda", f"train.precision={precision}", "train.epochs=2",
+                         "train.log_every=1")
+    train(config, out, stop_after_epochs=1)
+    first = _state(out)
+    result = train(config, out)
+    state = _state(out)
+    assert first["epoch"] == 1 and state["epoch"] == 2 and result.exported
+    assert all(torch.isfinite(v).all() for v in state["teacher"].values())
+    fp16 = precision == "fp16" or (precision == "auto" and torch.cuda.get_device_capability()[0] < 8)
+    assert (state["fp16_scaler"] is not None) == fp16
+    records = [json.loads(line) for line in (out / "log.jsonl").read_text().splitlines()]
+    losses = [r["loss"] for r in records if r["kind"] == "step"]
+    assert len(losses) == 8 and all(math.isfinite(loss) for loss in losses)

@@ -138,3 +138,20 @@ def test_finetuning_precision_is_checked():
     settings = FinetuneSettings(epochs=1, precision="fp16")
     with pytest.raises(DinoError, match="finetune.precision=fp16 needs a CUDA device"):
         finetune(small_model(depth=1), [], [], 3, settings)
+
+
+@pytest.mark.gpu
+def test_finetuning_on_cuda_autocasts_by_compute_capability():
+    device = torch.device("cuda")
+    model = small_model(depth=1).to(device)
+    spy = _AutocastSpy(model.backbone)
+    model.backbone = spy
+    settings = FinetuneSettings(epochs=1, batch_size=8, warmup_epochs=0, randaugment=False, mixup=0.0, cutmix=0.0,
+                                random_erasing=0.0, clip_grad=1.0)
+    train_set = TransformedImages(_colour_images(4, 0), finetune_train_transform(16, False, 0.0))
+    val_set = TransformedImages(_colour_images(2, 1), evaluation_transform(16, 16))
+    cuda = DistContext(0, 1, 0, device)
+    history = finetune(model, training_loader(train_set, 8, cuda, seed=0), evaluation_loader(val_set, 8, cuda), 3,
+                       settings, device=device)
+    expected = torch.bfloat16 if torch.cuda.get_device_capability()[0] >= 8 else torch.float16
+    assert np.isfinite(history[-1]["train_loss"]) and set(spy.seen) == {expected}
