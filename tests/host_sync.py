@@ -9,9 +9,9 @@ whose size depends on the data (``nonzero``, one-argument ``where``, ``masked_se
 ``unique``, boolean-mask indexing), a comparison answered on the host (``equal``) and a tensor
 built from Python data (``torch.tensor``/``as_tensor``: a blocking copy from pageable memory
 when its device is a GPU). Only calls whose caller is in ``src/dinossl`` (or in files named
-to the recorder) count: torch's own
-internals (e.g. AdamW reading its host-resident step counters) are not the package's to
-change, and the ``gpu``-marked tests check a whole step with the real sync debug mode.
+to the recorder) count: torch's own internals (e.g. AdamW reading its host-resident step
+counters) are not the package's to change, and the ``gpu``-marked tests check a whole step
+with the real sync debug mode.
 """
 
 from __future__ import annotations
