@@ -9,6 +9,7 @@ from torchvision.transforms import v2
 from dinossl.config import CropConfig, load_config
 from dinossl.data.batched_crops import (
     BatchedCropLoader,
+    batch_generator,
     draw_params_batch,
     images_in_memory,
     random_resized_boxes,
@@ -220,3 +221,68 @@ def test_same_boxes_as_the_per_image_crop_on_cifar10(cifar10_small):
         assert torch.quantile(difference.flatten(), 0.99) <= 12
         shifted = (batched - torch.stack(per_image).float().roll(1, dims=0)).abs()  # another image's crop
         assert shifted.mean() > 10 * difference.mean()
+
+
+def _former_resample(images, boxes, size, flip):
+    """resample_boxes as it was before it followed the images' device (host tensors only)."""
+    _, _, height, width = images.shape
+    top, left, box_h, box_w = boxes.unbind(1)
+    centres = (torch.arange(size, dtype=torch.float32) + 0.5) / size
+    xs = (2 * (left[:, None] + centres[None] * box_w[:, None]) / width) - 1
+    ys = (2 * (top[:, None] + centres[None] * box_h[:, None]) / height) - 1
+    xs = torch.where(flip[:, None], xs.flip(1), xs)
+    grid = torch.stack(torch.broadcast_tensors(xs[:, None, :], ys[:, :, None]), dim=-1)
+    resized = torch.nn.functional.grid_sample(images.float(), grid, mode="bicubic", padding_mode="border",
+                                              align_corners=False)
+    return resized.round_().clamp_(0, 255).to(torch.uint8)
+
+
+def _former_batches(source, loader):
+    """The loader's batches restated on the host: per step the global batch's generator, then per
+    view boxes, flips and parameters drawn in that order and the former resampling."""
+    pixels = torch.from_numpy(source.pixels).permute(0, 3, 1, 2)
+    keys = list(iter(loader.sampler))
+    for step in range(len(loader)):
+        chunk = keys[step * loader.batch_size:(step + 1) * loader.batch_size]
+        indices = torch.tensor([index for index, _ in chunk])
+        generator = batch_generator(loader.seed, chunk[0][1], step)
+        images = pixels.index_select(0, indices).contiguous()
+        views = []
+        for view in loader.multicrop.recipe.views:
+            boxes = random_resized_boxes(len(indices), 32, 32, view.scale, generator)
+            flip = torch.rand(len(indices), generator=generator) < 0.5
+            params = draw_params_batch(view.photometry, len(indices), generator)
+            views.append((_former_resample(images, boxes, view.size, flip), params))
+        yield views, torch.from_numpy(source.labels)[indices]
+
+
+def test_loader_on_the_cpu_cuts_bit_identical_crops_to_the_former_host_path():
+    source = _array_source()
+    loader = _loader(source, epoch=3, seed=5)
+    got = list(loader)
+    expected = list(_former_batches(source, loader))
+    assert len(got) == len(expected) == 5
+    for (views, labels, _), (former_views, former_labels) in zip(got, expected):
+        assert torch.equal(labels, former_labels)
+        for view, (pixels, params) in zip(views, former_views):
+            assert view.pixels.device.type == "cpu"
+            assert torch.equal(view.pixels, pixels) and torch.equal(view.params, params)
+
+
+@pytest.mark.gpu
+def test_loader_on_cuda_cuts_there_and_agrees_with_the_cpu():
+    """Pixels on the GPU, parameters and labels on the host; the GPU's bicubic resampling may
+    round a few pixels the other way."""
+    source = _array_source()
+    on_cpu = list(_loader(source, epoch=1))
+    crops = CropConfig(global_size=32, local_size=16, num_local=3, local_scale=(0.1, 0.4))
+    sampler = ShardedEpochSampler(len(source), batch_size=8, seed=0)
+    sampler.set_epoch(1)
+    on_gpu = list(BatchedCropLoader(source, sampler, 8, crops, 0, device="cuda"))
+    for (cpu_views, cpu_labels, _), (gpu_views, gpu_labels, _) in zip(on_cpu, on_gpu):
+        assert gpu_labels.device.type == "cpu" and torch.equal(cpu_labels, gpu_labels)
+        for a, b in zip(cpu_views, gpu_views):
+            assert b.pixels.device.type == "cuda" and b.params.device.type == "cpu"
+            assert torch.equal(a.params, b.params)
+            difference = (a.pixels.int() - b.pixels.cpu().int()).abs()
+            assert difference.max() <= 1 and (difference == 0).float().mean() > 0.99

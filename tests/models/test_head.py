@@ -74,3 +74,47 @@ def test_hidden_layer_init():
         assert layer.weight.std().item() == pytest.approx(0.02, rel=0.05)
         assert layer.weight.abs().max() <= 2.0
     assert isinstance(head.mlp[1], torch.nn.GELU)
+
+
+def _ieee_float32_matmuls():
+    """Pin CUDA fp32 matmuls to IEEE (TF32 would round the fp32 reference itself)."""
+    torch.backends.cuda.matmul.fp32_precision = "ieee"
+
+
+@pytest.mark.parametrize("device, dtype", [
+    ("cpu", torch.bfloat16),
+    pytest.param("cuda", torch.bfloat16, marks=pytest.mark.gpu),
+    pytest.param("cuda", torch.float16, marks=pytest.mark.gpu),
+])
+def test_last_layer_and_normalisation_compute_in_float32_under_autocast(device, dtype):
+    """Under autocast the MLP follows the autocast dtype, but the logits are the float32 cosines
+    of the MLP's output with the prototypes: the head's output equals a float32 computation on
+    the (autocast) bottleneck to float32 rounding, with K = 65,536 prototypes as in ViT-S/16."""
+    _ieee_float32_matmuls()
+    torch.manual_seed(0)
+    head = DINOHead(384, out_dim=65536, hidden_dim=2048, bottleneck_dim=256).to(device)
+    x = torch.randn(16, 384, device=device)
+    with torch.autocast(device, dtype=dtype):
+        logits = head(x)
+        bottleneck = head.mlp(x)
+    assert bottleneck.dtype == dtype  # the MLP still runs in the autocast dtype
+    assert logits.dtype == torch.float32
+    z = F.normalize(bottleneck.double(), dim=-1)
+    expected = z @ F.normalize(head.last_layer.weight_v.double(), dim=1).T  # float64 restatement
+    error = (logits.double() - expected).abs().max().item()
+    assert error < 2e-6  # float32 rounding of 256-term cosine sums (a bf16 output: ~2e-3, fp16: ~2.5e-4)
+    # The same computation with the last layer left to autocast misses that bound by far.
+    with torch.autocast(device, dtype=dtype):
+        rounded = F.linear(z.float(), head.last_layer.weight)
+    assert rounded.dtype == dtype and (rounded.double() - expected).abs().max().item() > 50 * error
+
+
+def test_weight_norm_linear_output_is_float32_for_low_precision_inputs():
+    """A bf16 input (e.g. from an MLP under autocast) is promoted, not the weight demoted."""
+    torch.manual_seed(0)
+    layer = WeightNormLinear(64, 1000)
+    x = F.normalize(torch.randn(8, 64), dim=-1).bfloat16()
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        out = layer(x)
+    assert out.dtype == torch.float32
+    torch.testing.assert_close(out, x.float() @ layer.weight.T, rtol=0, atol=0)

@@ -258,7 +258,7 @@ def _config(folder: Path, norm_last_layer: bool):
         "optim.momentum_teacher=0.9",
         f"train.epochs={EPOCHS}", f"train.batch_size_per_process={BATCH}", "train.precision=fp32",
         "train.device=cpu", "train.log_every=1", "train.progress_bar=false", "train.knn_at_end=false",
-        "train.seed=0",
+        "train.seed=0", "train.tf32=false",  # IEEE float32 throughout, also if the device is ever a GPU
     ])
 
 

@@ -15,3 +15,9 @@ def test_fields_added_since_a_run_was_written_count_as_defaults():
     assert differing_fields(stored, current) == []
     stored["data"]["crops"]["num_local"] = 3
     assert differing_fields(stored, current) == ["data.crops.num_local"]
+
+
+def test_tf32_may_change_on_resume_like_the_device():
+    a = load_config("vit-tiny-cifar").to_dict()
+    b = load_config("vit-tiny-cifar", overrides=["train.tf32=false", "train.device=cpu"]).to_dict()
+    assert differing_fields(a, b) == []

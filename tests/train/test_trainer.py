@@ -1,6 +1,7 @@
 """End-to-end behaviour of the trainer on a tiny model and 64 images (seconds per test)."""
 
 import json
+import math
 
 import pytest
 import torch
@@ -195,3 +196,79 @@ def test_checkpoint_with_the_older_last_layer_order_resumes_exactly(tmp_path, ti
     assert keys.index("head.last_layer.weight_v") < keys.index("head.last_layer.weight_g")
     train(tiny_config(tiny_image_folder, *extra), split)
     _assert_same_state(_state(full), _state(split))
+
+
+@pytest.mark.parametrize("ending", ["success", "bad_data", "nonfinite_loss", "interrupt"])
+def test_the_process_group_is_destroyed_on_every_exit(tmp_path, tiny_image_folder, monkeypatch, ending):
+    """train() destroys a process group it created however it ends (a one-process gloo group
+    stands in for the one torchrun would make)."""
+    from torch import distributed as dist
+
+    from dinossl.objective import loss as loss_module
+    from dinossl.runtime.distributed import DistContext
+    from dinossl.train import trainer
+
+    def joined(device, timeout_s):
+        dist.init_process_group("gloo", init_method=f"file://{tmp_path / 'rendezvous'}", rank=0, world_size=1)
+        return DistContext(0, 1, 0, torch.device("cpu"), owns_process_group=True)
+
+    monkeypatch.setattr(trainer, "init_distributed", joined)
+    extra = ["train.batch_size_per_process=100"] if ending == "bad_data" else []
+    original = loss_module.DINOLoss.forward
+
+    def failing(self, *args, **kwargs):
+        if ending == "interrupt":
+            raise KeyboardInterrupt
+        loss, stats = original(self, *args, **kwargs)
+        return loss * float("nan"), stats
+
+    if ending in ("nonfinite_loss", "interrupt"):
+        monkeypatch.setattr(loss_module.DINOLoss, "forward", failing)
+    expected = {"success": None, "bad_data": DataError, "nonfinite_loss": NonFiniteLoss,
+                "interrupt": KeyboardInterrupt}[ending]
+    try:
+        if expected is None:
+            train(tiny_config(tiny_image_folder, *extra), tmp_path / "run")
+        else:
+            with pytest.raises(expected):
+                train(tiny_config(tiny_image_folder, *extra), tmp_path / "run")
+        assert not dist.is_initialized()
+    finally:
+        if dist.is_initialized():
+            dist.destroy_process_group()
+
+
+@pytest.mark.parametrize("precision, tf32, expected", [("fp32", "true", True), ("fp32", "false", False),
+                                                      ("bf16", "true", False)])
+def test_tf32_applies_to_fp32_runs_only(tmp_path, tiny_image_folder, monkeypatch, precision, tf32, expected):
+    """train.tf32 reaches the device switches for fp32 runs; a mixed-precision run keeps its
+    float32 parts (the head's last layer, the loss) in IEEE float32."""
+    from dinossl.train import build_run, trainer
+
+    calls = []
+    monkeypatch.setattr(trainer, "configure_cuda", lambda device, tf32: calls.append((device, tf32)))
+    run = build_run(tiny_config(tiny_image_folder, f"train.precision={precision}", f"train.tf32={tf32}",
+                                "train.device=cpu"), tmp_path / "run")
+    run.run_log.close()
+    assert calls == [(torch.device("cpu"), expected)]
+
+
+@pytest.mark.gpu
+@pytest.mark.parametrize("precision", ["auto", "fp16", "fp32"])
+def test_a_tiny_run_trains_and_resumes_on_cuda(tmp_path, tiny_image_folder, precision):
+    """The CUDA paths end to end: crops cut on the GPU, autocast (bf16 on sm80+, else fp16 with
+    its scaler), TF32 for fp32, checkpoint, resume, export."""
+    out = tmp_path / "run"
+    config = tiny_config(tiny_image_folder, "train.device=cuda", f"train.precision={precision}", "train.epochs=2",
+                         "train.log_every=1")
+    train(config, out, stop_after_epochs=1)
+    first = _state(out)
+    result = train(config, out)
+    state = _state(out)
+    assert first["epoch"] == 1 and state["epoch"] == 2 and result.exported
+    assert all(torch.isfinite(v).all() for v in state["teacher"].values())
+    fp16 = precision == "fp16" or (precision == "auto" and torch.cuda.get_device_capability()[0] < 8)
+    assert (state["fp16_scaler"] is not None) == fp16
+    records = [json.loads(line) for line in (out / "log.jsonl").read_text().splitlines()]
+    losses = [r["loss"] for r in records if r["kind"] == "step"]
+    assert len(losses) == 8 and all(math.isfinite(loss) for loss in losses)

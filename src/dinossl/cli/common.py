@@ -20,6 +20,7 @@ from torch import nn
 
 from dinossl.config.merge import apply_overrides, build_dataclass, read_yaml_mapping
 from dinossl.errors import ConfigError
+from dinossl.runtime.cuda_settings import configure_cuda
 from dinossl.runtime.device import resolve_device
 from dinossl.weights import load_backbone
 
@@ -50,7 +51,11 @@ def add_weights(parser: argparse.ArgumentParser, extra: str = "") -> None:
 
 
 def add_device(parser: argparse.ArgumentParser) -> None:
+    """``--device`` and ``--tf32/--no-tf32`` (how a GPU computes float32 matmuls and convolutions)."""
     parser.add_argument("--device", default="auto", help=DEVICE_HELP)
+    parser.add_argument("--tf32", action=argparse.BooleanOptionalAction, default=True,
+                        help="on a GPU, compute float32 matmuls and convolutions with TF32 tensor cores; "
+                             "--no-tf32: IEEE float32 (default: TF32)")
 
 
 def add_output(parser: argparse.ArgumentParser, default_name: str, what: str = "new or empty output folder") -> None:
@@ -151,4 +156,5 @@ def backbone_on_device(args: argparse.Namespace) -> tuple[nn.Module, torch.devic
     """The backbone ``WEIGHTS`` / ``--which`` name, in eval mode on ``--device`` (call it after
     the command's inputs are checked: it may download released weights)."""
     device = resolve_device(args.device)
+    configure_cuda(device, args.tf32)
     return load_backbone(args.weights, which=args.which).to(device).eval(), device

@@ -115,7 +115,7 @@ def register(subparsers: argparse._SubParsersAction) -> None:
 def _target(args: argparse.Namespace) -> EvalTarget:
     return EvalTarget(weights=args.weights, which=args.which, data=args.data, train=args.train, val=args.val,
                       device=args.device, output=args.output, overwrite=args.overwrite,
-                      features_dir=getattr(args, "features_dir", None))
+                      features_dir=getattr(args, "features_dir", None), tf32=args.tf32)
 
 
 def _report(record) -> int:

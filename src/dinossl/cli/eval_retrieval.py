@@ -39,7 +39,7 @@ def add_run_arguments(parser: argparse.ArgumentParser, default_batch: int, outpu
 
 def backbone_run(args: argparse.Namespace) -> BackboneRun:
     return BackboneRun(weights=args.weights, which=args.which, device=args.device, batch_size=args.batch_size,
-                       num_workers=args.num_workers, progress=not args.no_progress)
+                       num_workers=args.num_workers, progress=not args.no_progress, tf32=args.tf32)
 
 
 def register(subparsers: argparse._SubParsersAction) -> None:

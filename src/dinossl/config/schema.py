@@ -108,6 +108,8 @@ class TrainConfig:
     knn_every: int = 0  # epochs between k-NN checks of the teacher (built-in sample only); 0: never
     dist_timeout_s: int = 600  # process-group timeout: a dead peer ends the run after this
     threads: int = 0  # torch CPU threads; 0 leaves torch's default
+    # CUDA arithmetic of fp32 runs
+    tf32: bool = True  # precision fp32 on CUDA: TF32 matmuls/convolutions (the reference's); false: IEEE fp32
 
 
 @dataclass

@@ -81,3 +81,4 @@ def validate(c: Config) -> None:
     need(t.dist_timeout_s > 0, "train.dist_timeout_s", f"must be positive, got {t.dist_timeout_s}")
     need(t.threads >= 0, "train.threads", f"must be >= 0, got {t.threads}")
     need(t.knn_every >= 0, "train.knn_every", f"must be >= 0, got {t.knn_every}")
+    need(isinstance(t.tf32, bool), "train.tf32", f"must be true or false, got {t.tf32!r}")

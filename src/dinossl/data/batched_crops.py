@@ -15,6 +15,11 @@ Differences from the per-image path: no antialiasing when a box is shrunk (crops
 images are mostly enlarged), and the random draws come from one generator per (seed, epoch,
 step) made for the whole global batch, so an image's crops depend on the global batch size
 (not on how it is split over processes).
+
+Where the work happens: the random draws (boxes, flips, photometric parameters) are made on the
+host, where they are cheap and reproducible; on a CUDA training device the batch's uint8 images
+are copied there (pinned, asynchronously) and cut and resampled there, so the GPU does not wait
+for the CPU to resize crops. On the CPU nothing changes: the same calls on the same tensors.
 """
 
 from __future__ import annotations
@@ -109,11 +114,14 @@ def random_resized_boxes(
 
 
 def resample_boxes(images: torch.Tensor, boxes: torch.Tensor, size: int, flip: torch.Tensor) -> torch.Tensor:
-    """uint8 images (B, 3, H, W), boxes (B, 4) as (top, left, h, w), flip (B,) bool ->
-    uint8 (B, 3, size, size): each box resized bicubically, flipped left-right where asked."""
+    """uint8 images (B, 3, H, W) on any device, boxes (B, 4) as (top, left, h, w) and flip (B,)
+    bool (e.g. on the host) -> uint8 (B, 3, size, size) on the images' device: each box resized
+    bicubically, flipped left-right where asked."""
     batch, _, height, width = images.shape
-    top, left, box_h, box_w = boxes.unbind(1)
-    centres = (torch.arange(size, dtype=torch.float32) + 0.5) / size  # output pixel centres in [0, 1]
+    device = images.device
+    top, left, box_h, box_w = boxes.to(device, non_blocking=True).unbind(1)
+    flip = flip.to(device, non_blocking=True)
+    centres = (torch.arange(size, dtype=torch.float32, device=device) + 0.5) / size  # pixel centres in [0, 1]
     # grid_sample's normalised x (align_corners=False): 2 * (pixel coordinate) / W - 1, edges at +-1.
     xs = (2 * (left[:, None] + centres[None] * box_w[:, None]) / width) - 1  # (B, size)
     ys = (2 * (top[:, None] + centres[None] * box_h[:, None]) / height) - 1
@@ -178,13 +186,25 @@ class BatchedMultiCrops:
 
 class BatchedCropLoader:
     """Iterates this process's batches of an epoch as (views, labels (B,), 0 skipped images),
-    views being RawCrops like the per-image loader's; the sampler decides which images."""
+    views being RawCrops like the per-image loader's; the sampler decides which images.
 
-    def __init__(self, source: ArrayImages, sampler, batch_size: int, crops: CropConfig | CropRecipe, seed: int) -> None:
+    ``device``: where the crops are cut (the training device); the views' pixels are on it,
+    their photometric parameters and the labels stay on the host.
+    """
+
+    def __init__(self, source: ArrayImages, sampler, batch_size: int, crops: CropConfig | CropRecipe, seed: int,
+                 device: torch.device | str = "cpu") -> None:
         self.pixels = torch.from_numpy(source.pixels).permute(0, 3, 1, 2)  # (N, 3, H, W) uint8 view
         self.labels = torch.from_numpy(source.labels)
         self.sampler, self.batch_size, self.seed = sampler, batch_size, seed
         self.multicrop = BatchedMultiCrops(crops)
+        self.device = torch.device(device)
+
+    def _on_device(self, images: torch.Tensor) -> torch.Tensor:
+        """(B, 3, H, W) host images -> on the cutting device (asynchronous copy from pinned memory)."""
+        if self.device.type == "cpu":
+            return images
+        return images.pin_memory().to(self.device, non_blocking=True)
 
     def __len__(self) -> int:
         return self.sampler.steps_per_epoch
@@ -196,5 +216,5 @@ class BatchedCropLoader:
             indices = torch.tensor([index for index, _ in chunk])
             epoch = chunk[0][1]
             generator = batch_generator(self.seed, epoch, step)
-            images = self.pixels.index_select(0, indices).contiguous()
+            images = self._on_device(self.pixels.index_select(0, indices).contiguous())
             yield self.multicrop(images, generator, self.sampler.rank, self.sampler.world_size), self.labels[indices], 0

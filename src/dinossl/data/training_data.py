@@ -36,9 +36,11 @@ class TrainingData:
 
 
 def build_training_data(data: DataConfig, recipe: CropRecipe, batch_size: int, rank: int, world_size: int,
-                        seed: int, pin_memory: bool) -> TrainingData:
+                        seed: int, device: torch.device | str = "cpu") -> TrainingData:
     """Open ``data.path`` (None: the built-in sample) and choose the crop loader: batched crops of
-    in-memory images (``data.geometric=batched``) or per-image crops in loader workers."""
+    in-memory images cut on the training ``device`` (``data.geometric=batched``) or per-image
+    crops in loader workers (pinned batches when ``device`` is a GPU)."""
+    device = torch.device(device)
     source = open_images(data.path, "train")
     skipped = 0
     if data.geometric == "batched":  # decode once; unreadable files are dropped here
@@ -48,8 +50,8 @@ def build_training_data(data: DataConfig, recipe: CropRecipe, batch_size: int, r
         raise DataError(f"{len(source)} images are fewer than one global batch of {batch_size * world_size}; "
                         "lower train.batch_size_per_process")
     if data.geometric == "batched":
-        loader: Iterable[Batch] = BatchedCropLoader(source, sampler, batch_size, recipe, seed)
+        loader: Iterable[Batch] = BatchedCropLoader(source, sampler, batch_size, recipe, seed, device)
     else:
         dataset = MultiCropDataset(source, build_multicrop_transform(data, recipe), seed)
-        loader = build_train_loader(dataset, sampler, batch_size, data.num_workers, pin_memory=pin_memory)
+        loader = build_train_loader(dataset, sampler, batch_size, data.num_workers, pin_memory=device.type == "cuda")
     return TrainingData(loader, sampler, len(source), skipped)

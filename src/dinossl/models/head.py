@@ -1,10 +1,24 @@
-"""DINO projection head: MLP, L2 normalisation, weight-normalised prototype layer."""
+"""DINO projection head: MLP, L2 normalisation, weight-normalised prototype layer.
+
+The L2 normalisation and the prototype layer always compute in float32, also under autocast:
+the logits are cosines (|z| <= 1) that the loss divides by temperatures as low as 0.04, so a
+bf16 output (8 significant bits) would round them to about 2e-3 before that division.
+"""
 
 from __future__ import annotations
+
+import contextlib
 
 import torch
 from torch import nn
 from torch.nn import functional as F
+
+
+def float32_region(device: torch.device) -> contextlib.AbstractContextManager:
+    """A context in which autocast is off for ``device``'s type (a no-op where there is no autocast)."""
+    if torch.amp.is_autocast_available(device.type) and torch.is_autocast_enabled(device.type):
+        return torch.autocast(device.type, enabled=False)
+    return contextlib.nullcontext()
 
 
 class WeightNormLinear(nn.Module):
@@ -29,8 +43,9 @@ class WeightNormLinear(nn.Module):
         return self.weight_g * F.normalize(self.weight_v, dim=1)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        """(B, in) -> (B, K)."""
-        return F.linear(x, self.weight)
+        """(B, in) -> (B, K) float32, whatever autocast is active (the input is cast to float32)."""
+        with float32_region(x.device):
+            return F.linear(x.float(), self.weight.float())
 
 
 class DINOHead(nn.Module):
@@ -67,7 +82,9 @@ class DINOHead(nn.Module):
         self.last_layer = WeightNormLinear(bottleneck_dim, out_dim, fix_norm=norm_last_layer)
 
     def forward(self, features: torch.Tensor) -> torch.Tensor:
-        """(B, d) backbone features -> (B, K) logits."""
+        """(B, d) backbone features -> (B, K) float32 logits; the MLP follows autocast, the
+        normalisation and the last layer compute in float32."""
         x = self.mlp(features)
-        x = F.normalize(x, dim=-1, p=2)
-        return self.last_layer(x)
+        with float32_region(x.device):
+            x = F.normalize(x.float(), dim=-1, p=2)
+            return self.last_layer(x)

@@ -26,3 +26,12 @@ def resolve_device(preference: str, local_rank: int = 0) -> torch.device:
         if device.index is None:
             device = torch.device(f"cuda:{local_rank}")
     return device
+
+
+def make_current(device: torch.device) -> torch.device:
+    """Make a CUDA ``device`` this process's current device, so that work without an explicit
+    index (kernels, the caching allocator, NCCL, ``torch.cuda`` queries) lands on it rather than
+    on GPU 0; other devices are returned as they are."""
+    if device.type == "cuda":
+        torch.cuda.set_device(device)
+    return device

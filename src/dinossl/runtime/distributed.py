@@ -1,9 +1,21 @@
 """Process-group setup for torchrun (one or many nodes) and for a plain single process, the
-collectives the package uses, and how a lost peer is recognised."""
+collectives the package uses, and how a lost peer is recognised.
+
+How a lost peer shows: on gloo (CPUs) a collective with a dead or silent peer raises in Python
+(connection closed, or ``timeout_s``), and the trainer turns that into one :class:`PeerFailure`
+line. On NCCL (GPUs) the package keeps torch's default asynchronous error handling: collectives
+do not block the host, and NCCL's watchdog ends the process (with its own message) when a
+collective fails or exceeds ``timeout_s``; under torchrun a peer that dies ends the others at
+once (torchrun stops every worker and names the failed rank). The package does not switch on
+``TORCH_NCCL_BLOCKING_WAIT``, which would raise in Python instead but makes every collective's
+``wait()`` block the host, a host sync at each gradient all-reduce; a user who sets it gets
+the PeerFailure line on NCCL too. See docs/distributed.md.
+"""
 
 from __future__ import annotations
 
 import datetime
+import logging
 import os
 from dataclasses import dataclass
 
@@ -11,7 +23,9 @@ import torch
 from torch import distributed as dist
 
 from dinossl.errors import DinoError
-from dinossl.runtime.device import resolve_device
+from dinossl.runtime.device import make_current, resolve_device
+
+log = logging.getLogger("dinossl")
 
 
 class PeerFailure(DinoError):
@@ -46,15 +60,14 @@ def init_distributed(device_preference: str = "auto", timeout_s: int = 600) -> D
     """Join the process group when launched by torchrun, else run as a single process.
 
     NCCL on GPUs, gloo on CPUs. ``timeout_s`` bounds both the rendezvous (a peer that never
-    arrives) and every collective (a peer that died), so no rank hangs for ever.
+    arrives) and every collective (a peer that died), so no rank hangs for ever. A CUDA device
+    becomes the process's current device (also in a single process on ``cuda:N``).
     """
     if not launched_by_torchrun() or int(os.environ["WORLD_SIZE"]) == 1:
-        return DistContext(0, 1, 0, resolve_device(device_preference, 0))
+        return DistContext(0, 1, 0, make_current(resolve_device(device_preference, 0)))
     rank, world_size = int(os.environ["RANK"]), int(os.environ["WORLD_SIZE"])
     local_rank = int(os.environ.get("LOCAL_RANK", "0"))
-    device = resolve_device(device_preference, local_rank)
-    if device.type == "cuda":
-        torch.cuda.set_device(device)
+    device = make_current(resolve_device(device_preference, local_rank))
     backend = "nccl" if device.type == "cuda" else "gloo"
     owns = not dist.is_initialized()
     if owns:
@@ -70,10 +83,20 @@ def init_distributed(device_preference: str = "auto", timeout_s: int = 600) -> D
                 f"{os.environ['MASTER_ADDR']}:{os.environ['MASTER_PORT']} within {timeout_s} s "
                 f"({type(exc).__name__}: {str(exc).splitlines()[0] if str(exc) else ''})"
             ) from exc
+        if backend == "nccl" and rank == 0 and os.environ.get("TORCH_NCCL_BLOCKING_WAIT", "0") in ("", "0"):
+            log.info(nccl_failure_note(timeout_s))
     return DistContext(rank, world_size, local_rank, device, owns_process_group=owns)
 
 
+def nccl_failure_note(timeout_s: int) -> str:
+    """What a run on NCCL does when a process dies or hangs (logged once at start)."""
+    return (f"NCCL: if a process of the run dies or stops answering, the others end too (torchrun stops them, "
+            f"or NCCL's watchdog after {timeout_s} s, with torch's own message); the last checkpoint stays "
+            "usable and the same command resumes it (docs/distributed.md)")
+
+
 def shutdown_distributed() -> None:
+    """Destroy the default process group if there is one (on every exit path of a command)."""
     if dist.is_available() and dist.is_initialized():
         dist.destroy_process_group()
 

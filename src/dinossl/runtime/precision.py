@@ -23,14 +23,14 @@ def has_native_bf16(device: torch.device) -> bool:
     return major >= 8
 
 
-def resolve_precision(precision: str, device: torch.device) -> Optional[torch.dtype]:
+def resolve_precision(precision: str, device: torch.device, setting: str = "train.precision") -> Optional[torch.dtype]:
     """Autocast dtype, or None for fp32.
 
     "auto": bf16 on GPUs with native bf16, fp16 (with a gradient scaler) on older GPUs, fp32 on
-    CPUs. fp16 needs a CUDA device.
+    CPUs. fp16 needs a CUDA device. ``setting`` names the field in error messages.
     """
     if precision not in PRECISIONS:
-        raise DinoError(f"precision must be one of {', '.join(PRECISIONS)}, got {precision!r}")
+        raise DinoError(f"{setting} must be one of {', '.join(PRECISIONS)}, got {precision!r}")
     if precision == "fp32":
         return None
     if precision == "auto":
@@ -38,5 +38,5 @@ def resolve_precision(precision: str, device: torch.device) -> Optional[torch.dt
             return None
         return torch.bfloat16 if has_native_bf16(device) else torch.float16
     if precision == "fp16" and device.type != "cuda":
-        raise DinoError("train.precision=fp16 needs a CUDA device; use bf16 or fp32 on the CPU")
+        raise DinoError(f"{setting}=fp16 needs a CUDA device; use bf16 or fp32 on the CPU")
     return torch.bfloat16 if precision == "bf16" else torch.float16

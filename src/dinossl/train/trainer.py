@@ -24,6 +24,7 @@ from dinossl.data.crop_recipe import CropRecipe
 from dinossl.data.training_data import TrainingData, build_training_data
 from dinossl.errors import DataError
 from dinossl.objective import CollapseMonitor, TrainingSchedules, build_schedules, scaled_lr
+from dinossl.runtime.cuda_settings import configure_cuda
 from dinossl.runtime.distributed import (
     DistContext,
     PeerFailure,
@@ -33,6 +34,7 @@ from dinossl.runtime.distributed import (
     is_peer_failure,
     shutdown_distributed,
 )
+from dinossl.runtime.precision import resolve_precision
 from dinossl.train.checkpoint import (
     CHECKPOINT_NAME,
     export_teacher_backbone,
@@ -107,11 +109,16 @@ def _seed_for_epoch(seed: int, epoch: int, rank: int) -> None:
     torch.manual_seed(seed * 1_000_003 + epoch * 1009 + rank)
 
 
-def build_run(config: Config, output_dir: str | Path, init_from: Optional[str] = None) -> TrainingRun:
+def build_run(config: Config, output_dir: str | Path, init_from: Optional[str] = None,
+              ctx: Optional[DistContext] = None) -> TrainingRun:
     """Data, distiller and schedules; resumes from ``output_dir`` when it holds a checkpoint of
-    the same configuration."""
+    the same configuration. ``ctx``: the process group already joined (None: join it here)."""
     output_dir = Path(output_dir)
-    ctx = init_distributed(config.train.device, config.train.dist_timeout_s)
+    if ctx is None:
+        ctx = init_distributed(config.train.device, config.train.dist_timeout_s)
+    # TF32 for fp32 runs only: mixed-precision runs keep their float32 parts (the head's last
+    # layer, the loss) in IEEE float32.
+    configure_cuda(ctx.device, tf32=config.train.tf32 and resolve_precision(config.train.precision, ctx.device) is None)
     if config.train.threads > 0:
         torch.set_num_threads(config.train.threads)
     checkpoint = check_run_folder(output_dir, config)
@@ -119,7 +126,7 @@ def build_run(config: Config, output_dir: str | Path, init_from: Optional[str] =
     recipe = CropRecipe.from_config(config.data.crops)
     tcfg = config.train
     data = build_training_data(config.data, recipe, tcfg.batch_size_per_process, ctx.rank, ctx.world_size,
-                               tcfg.seed, pin_memory=ctx.device.type == "cuda")
+                               tcfg.seed, ctx.device)
     if init_from is not None and checkpoint is not None and ctx.is_main:
         log.warning("--init-from %s ignored: %s holds a checkpoint, which is resumed", init_from, output_dir)
     distiller = build_distiller(config, ctx, recipe.num_global, init_from if checkpoint is None else None)
@@ -220,21 +227,23 @@ def train(
     no export), leaving a run that a later call resumes. ``monitors`` look at the networks after
     each epoch and after training (main process only); their records go to ``log.jsonl``.
     """
-    run = build_run(config, output_dir, init_from)
+    ctx = init_distributed(config.train.device, config.train.dist_timeout_s)
+    run: Optional[TrainingRun] = None
     try:
-        result = _train(run, stop_after_epochs, monitors)
-        if run.ctx.owns_process_group:
-            shutdown_distributed()
-        return result
+        run = build_run(config, output_dir, init_from, ctx)
+        return _train(run, stop_after_epochs, monitors)
     except (RuntimeError, dist.DistError) as exc:
-        if run.ctx.distributed and is_peer_failure(exc):
+        if ctx.distributed and is_peer_failure(exc):
             raise PeerFailure(
-                f"rank {run.ctx.rank}: lost contact with another process of the run "
-                f"({str(exc).strip().splitlines()[0][:200]}); the last checkpoint in {run.output_dir} is untouched"
+                f"rank {ctx.rank}: lost contact with another process of the run "
+                f"({str(exc).strip().splitlines()[0][:200]}); the last checkpoint in {output_dir} is untouched"
             ) from exc
         raise
-    finally:
-        run.run_log.close()
+    finally:  # every exit: success, stop, bad data, non-finite loss, lost peer, interrupt
+        if run is not None:
+            run.run_log.close()
+        if ctx.owns_process_group:
+            shutdown_distributed()
 
 
 def _report(run: TrainingRun, report: Optional[MonitorReport], progress: Optional[tqdm] = None) -> None:

@@ -98,3 +98,60 @@ def test_settings_are_checked_and_lr_scales_with_batch():
     for bad in ({"layer_decay": 0.0}, {"layer_decay": 1.5}, {"epochs": 0}, {"label_smoothing": 1.0}, {"mixup": -1.0}):
         with pytest.raises(DinoError):
             FinetuneSettings(**bad)
+
+
+class _AutocastSpy(nn.Module):
+    """Records, at each forward, whether autocast is on for the input's device and its dtype."""
+
+    def __init__(self, model: nn.Module) -> None:
+        super().__init__()
+        self.model, self.seen = model, []
+
+    def forward(self, x):
+        kind = x.device.type
+        self.seen.append(torch.get_autocast_dtype(kind) if torch.is_autocast_enabled(kind) else torch.float32)
+        return self.model(x)
+
+
+@pytest.mark.parametrize("precision, expected", [("auto", torch.float32), ("fp32", torch.float32),
+                                                 ("bf16", torch.bfloat16)])
+def test_finetuning_precision_follows_the_training_rule(precision, expected):
+    """``finetune.precision`` resolves like ``train.precision`` (auto: fp32 on the CPU; bf16 on
+    GPUs of compute capability 8.0 and later, fp16 with a gradient scaler before: see
+    tests/runtime/test_precision.py), in training and evaluation forwards alike."""
+    model = small_model(depth=1)
+    spy = _AutocastSpy(model.backbone)
+    model.backbone = spy
+    settings = FinetuneSettings(epochs=1, batch_size=8, warmup_epochs=0, randaugment=False, mixup=0.0, cutmix=0.0,
+                                random_erasing=0.0, precision=precision)
+    train_set = TransformedImages(_colour_images(4, 0), finetune_train_transform(16, False, 0.0))
+    val_set = TransformedImages(_colour_images(2, 1), evaluation_transform(16, 16))
+    history = finetune(model, training_loader(train_set, 8, CPU, seed=0), evaluation_loader(val_set, 8, CPU), 3,
+                       settings)
+    assert np.isfinite(history[-1]["train_loss"])
+    assert spy.seen and set(spy.seen) == {expected}
+
+
+def test_finetuning_precision_is_checked():
+    with pytest.raises(DinoError, match="finetune.precision must be one of"):
+        FinetuneSettings(precision="half")
+    settings = FinetuneSettings(epochs=1, precision="fp16")
+    with pytest.raises(DinoError, match="finetune.precision=fp16 needs a CUDA device"):
+        finetune(small_model(depth=1), [], [], 3, settings)
+
+
+@pytest.mark.gpu
+def test_finetuning_on_cuda_autocasts_by_compute_capability():
+    device = torch.device("cuda")
+    model = small_model(depth=1).to(device)
+    spy = _AutocastSpy(model.backbone)
+    model.backbone = spy
+    settings = FinetuneSettings(epochs=1, batch_size=8, warmup_epochs=0, randaugment=False, mixup=0.0, cutmix=0.0,
+                                random_erasing=0.0, clip_grad=1.0)
+    train_set = TransformedImages(_colour_images(4, 0), finetune_train_transform(16, False, 0.0))
+    val_set = TransformedImages(_colour_images(2, 1), evaluation_transform(16, 16))
+    cuda = DistContext(0, 1, 0, device)
+    history = finetune(model, training_loader(train_set, 8, cuda, seed=0), evaluation_loader(val_set, 8, cuda), 3,
+                       settings, device=device)
+    expected = torch.bfloat16 if torch.cuda.get_device_capability()[0] >= 8 else torch.float16
+    assert np.isfinite(history[-1]["train_loss"]) and set(spy.seen) == {expected}

@@ -13,7 +13,18 @@ from torch.nn import functional as F
 from dinossl.errors import ConfigError, DataError
 from dinossl.eval.video.davis import read_annotation, write_annotation
 from dinossl.eval.video.propagation import propagate_labels
-from dinossl.eval.video.segmentation import PropagationSettings, evaluate_davis, labels_from_soft, one_hot_grid, segment_frames
+from dinossl.eval.frames import list_frames
+from dinossl.eval.image_input import as_rgb, open_image, plan_geometry, to_input
+from dinossl.eval.video.davis import object_ids
+from dinossl.eval.video.segmentation import (
+    PropagationSettings,
+    evaluate_davis,
+    labels_from_soft,
+    one_hot_grid,
+    patch_features,
+    segment_frames,
+)
+from dinossl.models import build_vit
 
 
 def _dense_reference(target, sources, labels, radius, topk, temperature):
@@ -154,3 +165,60 @@ def test_davis_sequence_with_a_trained_checkpoint(tmp_path, tiny_run, davis_dir)
     assert scores["objects"]["1"]["frames"] == 2
     assert 0.0 <= scores["J"] <= 1.0 and 0.0 <= scores["F"] <= 1.0
     assert report["overall"]["J&F"] == pytest.approx((scores["J"] + scores["F"]) / 2)
+
+
+def _host_pipeline(backbone, frames, first_labels, settings):
+    """The segmentation as it ran before it kept its work on the device: features copied to the
+    host after each forward, one-hot grid, propagation, upsampling and arg-max on the CPU."""
+    first = as_rgb(open_image(frames[0]), "first")
+    geometry = plan_geometry(first.size, backbone.patch_size, settings.short_side, fit="resize", name="first")
+    ids = [0] + object_ids(first_labels)
+    height, width = first_labels.shape
+    first_features = patch_features(backbone, to_input(geometry.apply(first))).cpu()
+    first_soft = one_hot_grid(first_labels, ids, geometry.grid(backbone.patch_size))
+    recent, out = [], [first_labels.astype(np.uint8)]
+    for path in frames[1:]:
+        target = patch_features(backbone, to_input(geometry.apply(as_rgb(open_image(path), "f")))).cpu()
+        sources = torch.stack([first_features] + [f for f, _ in recent[-settings.context:]])
+        labels = torch.stack([first_soft] + [s for _, s in recent[-settings.context:]])
+        soft = propagate_labels(target, sources, labels, settings.radius, settings.topk, settings.temperature)
+        recent.append((target, soft))
+        out.append(labels_from_soft(soft, (height, width), ids))
+    return out
+
+
+def _davis_frames(davis_dir, count):
+    frames = list_frames(davis_dir / "JPEGImages" / "480p" / "car-shadow")[:count]
+    first = read_annotation(davis_dir / "Annotations" / "480p" / "car-shadow" / f"{frames[0].stem}.png")
+    return frames, first
+
+
+def _random_vit():
+    torch.manual_seed(0)
+    return build_vit("vit_tiny", patch_size=8, img_size=64, depth=2).eval()
+
+
+def test_segmentation_on_the_cpu_is_unchanged_by_keeping_work_on_the_device(davis_dir):
+    """Bit-identical object ids to the former host pipeline on a real DAVIS sequence."""
+    frames, first = _davis_frames(davis_dir, 6)
+    settings = PropagationSettings(short_side=64, context=2)
+    backbone = _random_vit()
+    got = list(segment_frames(backbone, frames, first, settings, device="cpu"))
+    expected = _host_pipeline(backbone, frames, first, settings)
+    assert len(got) == len(expected) == 6
+    assert any(len(np.unique(labels)) > 1 for labels in got[1:])  # something was propagated
+    for a, b in zip(got, expected):
+        assert a.dtype == b.dtype == np.uint8 and np.array_equal(a, b)
+
+
+@pytest.mark.gpu
+def test_segmentation_on_cuda_agrees_with_the_cpu(davis_dir):
+    """The device path gives the CPU's object ids up to float rounding at a few boundary pixels."""
+    torch.backends.cuda.matmul.fp32_precision = "ieee"
+    frames, first = _davis_frames(davis_dir, 6)
+    settings = PropagationSettings(short_side=64, context=2)
+    backbone = _random_vit()
+    on_cpu = list(segment_frames(backbone, frames, first, settings, device="cpu"))
+    on_gpu = list(segment_frames(backbone.cuda(), frames, first, settings, device="cuda"))
+    for a, b in zip(on_cpu, on_gpu):
+        assert (a == b).mean() > 0.999

@@ -31,6 +31,7 @@ from dinossl.eval.classification.supervised import accuracy, set_loader_epoch
 from dinossl.eval.validation import require_non_negative, require_positive
 from dinossl.objective.schedules import cosine_schedule, scaled_lr
 from dinossl.runtime.distributed import DistContext
+from dinossl.runtime.precision import PRECISIONS, resolve_precision
 
 log = logging.getLogger("dinossl")
 
@@ -57,6 +58,8 @@ class FinetuneSettings:
     clip_grad: float = 0.0  # max global gradient norm; 0 = off
     eval_every: int = 1
     seed: int = 0
+    # numeric precision (the rule of dino train)
+    precision: str = "auto"  # auto: bf16 on GPUs with native bf16 (sm80+), fp16 + scaler on older GPUs, fp32 on CPU
 
     def __post_init__(self) -> None:
         require_positive(self, "epochs", "base_lr", "batch_size", "eval_every")
@@ -66,6 +69,8 @@ class FinetuneSettings:
             raise DinoError(f"layer_decay must be in (0, 1], got {self.layer_decay}")
         if self.label_smoothing >= 1 or self.drop_path >= 1 or self.random_erasing > 1:
             raise DinoError("label_smoothing and drop_path must be < 1, random_erasing <= 1")
+        if self.precision not in PRECISIONS:
+            raise DinoError(f"finetune.precision must be one of {', '.join(PRECISIONS)}, got {self.precision!r}")
 
     @property
     def lr(self) -> float:
@@ -180,7 +185,9 @@ def finetune(
     schedule = cosine_schedule(settings.lr, settings.min_lr, settings.epochs, steps_per_epoch,
                                warmup_epochs=settings.warmup_epochs)
     mixer = batch_mixer(num_classes, settings.mixup, settings.cutmix)
-    use_bf16 = device.type == "cuda" and torch.cuda.is_bf16_supported()
+    amp_dtype = resolve_precision(settings.precision, device, "finetune.precision")
+    autocast_dtype, use_amp = amp_dtype or torch.float32, amp_dtype is not None
+    scaler = torch.amp.GradScaler("cuda", enabled=amp_dtype == torch.float16)
     history: list[dict[str, Any]] = []
     step = 0
     for epoch in range(settings.epochs):
@@ -197,14 +204,16 @@ def finetune(
             lr = float(schedule[min(step, len(schedule) - 1)])
             for group in optimizer.param_groups:
                 group["lr"] = lr * group["lr_scale"]
-            with torch.autocast(device.type, dtype=torch.bfloat16, enabled=use_bf16):
+            with torch.autocast(device.type, dtype=autocast_dtype, enabled=use_amp):
                 logits = network(images)
             loss = F.cross_entropy(logits.float(), targets, label_smoothing=settings.label_smoothing)
             optimizer.zero_grad(set_to_none=True)
-            loss.backward()
+            scaler.scale(loss).backward()
             if settings.clip_grad > 0:
+                scaler.unscale_(optimizer)
                 nn.utils.clip_grad_norm_(model.parameters(), settings.clip_grad)
-            optimizer.step()
+            scaler.step(optimizer)
+            scaler.update()
             loss_sum += loss.detach()
             batches, step = batches + 1, step + 1
         entry: dict[str, Any] = {"epoch": epoch + 1, "train_loss": loss_sum.item() / max(batches, 1), "lr": lr}
@@ -212,7 +221,7 @@ def finetune(
             raise DinoError(f"fine-tuning diverged at epoch {epoch + 1} (loss {entry['train_loss']}); lower --lr")
         if (epoch + 1) % settings.eval_every == 0 or epoch + 1 == settings.epochs:
             model.eval()
-            with torch.autocast(device.type, dtype=torch.bfloat16, enabled=use_bf16):
+            with torch.autocast(device.type, dtype=autocast_dtype, enabled=use_amp):
                 entry.update(accuracy(lambda x: model(x).float(), val_loader, device, ctx))
             log.info("finetune epoch %d/%d: loss %.4f, top-1 %.2f%%, top-5 %.2f%%", epoch + 1, settings.epochs,
                      entry["train_loss"], entry["top1"], entry["top5"])

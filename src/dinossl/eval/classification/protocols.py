@@ -54,6 +54,7 @@ from dinossl.eval.features import (
 from dinossl.eval.results import write_results
 from dinossl.eval.validation import require_non_negative, require_positive
 from dinossl.outputs import default_output_folder, usable_output_folder
+from dinossl.runtime.cuda_settings import configure_cuda
 from dinossl.runtime.distributed import (
     DistContext,
     all_reduce,
@@ -205,6 +206,8 @@ class EvalTarget:
     overwrite: bool = False
     features_dir: Optional[Path] = None  # cache of extracted features
     dist_timeout_s: int = 1800
+    # CUDA arithmetic
+    tf32: bool = True  # on CUDA, fp32 matmuls and convolutions in TF32 (False: IEEE fp32)
 
     @property
     def local_weights(self) -> Optional[Path]:
@@ -242,6 +245,7 @@ def _run(target: EvalTarget, evaluation: str, images: ImageSettings, body: Body)
     owns_group = not (dist.is_available() and dist.is_initialized())
     ctx = init_distributed(target.device, target.dist_timeout_s)
     try:
+        configure_cuda(ctx.device, target.tf32)
         backbone.to(ctx.device)
         cache = None
         if target.features_dir is not None:
@@ -261,7 +265,7 @@ def _run(target: EvalTarget, evaluation: str, images: ImageSettings, body: Body)
             log.info("results written to %s", output)
         barrier()
         return record if ctx.is_main else None
-    finally:
+    finally:  # every exit, errors included
         if owns_group:
             shutdown_distributed()
 

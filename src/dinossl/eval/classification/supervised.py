@@ -53,10 +53,13 @@ def evaluation_loader(
 
 
 def topk_hits(logits: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
-    """(B, C) logits, (B,) labels -> [top-1 hits, top-5 hits, B] as a float64 tensor."""
+    """(B, C) logits, (B,) labels -> [top-1 hits, top-5 hits, B] as a float64 tensor on the
+    logits' device, computed there without a host sync (the count B is filled on the device,
+    not copied from the host)."""
     top = logits.topk(min(5, logits.shape[1]), dim=1).indices
     correct = top == labels[:, None]
-    return torch.stack([correct[:, 0].sum(), correct.any(dim=1).sum(), torch.tensor(labels.shape[0], device=labels.device)]).double()
+    count = torch.full((), labels.shape[0], dtype=torch.long, device=correct.device)
+    return torch.stack([correct[:, 0].sum(), correct.any(dim=1).sum(), count]).double()
 
 
 @torch.no_grad()

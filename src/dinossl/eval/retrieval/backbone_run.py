@@ -14,6 +14,7 @@ from torch import nn
 from dinossl.errors import DinoError
 from dinossl.eval.feature_cache import file_identity
 from dinossl.eval.backbones import describe_backbone
+from dinossl.runtime.cuda_settings import configure_cuda
 from dinossl.runtime.device import resolve_device
 from dinossl.weights import load_backbone
 
@@ -27,6 +28,7 @@ class BackboneRun:
     batch_size: int = 16
     num_workers: int = 4
     progress: bool = True
+    tf32: bool = True  # on CUDA, fp32 matmuls and convolutions in TF32 (False: IEEE fp32)
 
     def __post_init__(self) -> None:
         if self.which not in ("teacher", "student"):
@@ -40,6 +42,7 @@ class BackboneRun:
         """(backbone in eval mode on its device, device). Call it after the input checks: it
         may download released weights."""
         device = resolve_device(self.device)
+        configure_cuda(device, self.tf32)
         backbone = load_backbone(self.weights, which=self.which)
         return backbone.to(device).eval(), device
 

@@ -8,6 +8,10 @@ the ``context`` previous frames (their predicted soft labels) through
 :func:`~dinossl.eval.video.propagation.propagate_labels`. The soft labels are upsampled
 bilinearly to the frame size, each object's channel is min-max scaled (as in the reference
 evaluation), and the arg-max is the predicted object id.
+
+Features, soft labels, propagation, upsampling and arg-max stay on the evaluation device; only
+each frame's (H, W) object ids come back to the host (as in the reference, which propagates on
+the GPU).
 """
 
 from __future__ import annotations
@@ -69,24 +73,28 @@ def patch_features(backbone: nn.Module, frame: torch.Tensor) -> torch.Tensor:
     return F.normalize(tokens.float(), dim=-1).T.reshape(-1, rows, cols)
 
 
-def one_hot_grid(labels: np.ndarray, ids: Sequence[int], grid: tuple[int, int]) -> torch.Tensor:
-    """(H, W) object ids -> (C, h, w) share of each patch covered by each id (C = len(ids));
-    pixels with an id outside ``ids`` (void) count as background (ids[0])."""
-    index = torch.zeros(labels.shape, dtype=torch.long)
+def one_hot_grid(labels: np.ndarray, ids: Sequence[int], grid: tuple[int, int],
+                 device: str | torch.device = "cpu") -> torch.Tensor:
+    """(H, W) object ids -> (C, h, w) share of each patch covered by each id (C = len(ids)) on
+    ``device``; pixels with an id outside ``ids`` (void) count as background (ids[0])."""
+    channels = np.zeros(labels.shape, dtype=np.uint8)  # at most 256 ids (a uint8 palette)
     for channel, obj in enumerate(ids[1:], start=1):
-        index[torch.from_numpy(labels == obj)] = channel
+        channels[labels == obj] = channel
+    index = torch.from_numpy(channels).to(device).long()
     one_hot = F.one_hot(index, len(ids)).permute(2, 0, 1).float()
     return F.adaptive_avg_pool2d(one_hot[None], grid)[0]
 
 
 def labels_from_soft(soft: torch.Tensor, size: tuple[int, int], ids: Sequence[int]) -> np.ndarray:
-    """(C, h, w) soft labels -> (H, W) uint8 object ids at ``size`` = (H, W): bilinear
-    upsampling, per-channel min-max scaling, arg-max."""
+    """(C, h, w) soft labels on any device -> (H, W) uint8 object ids at ``size`` = (H, W):
+    bilinear upsampling, per-channel min-max scaling and arg-max on that device; only the
+    arg-max (one byte per pixel) is copied to the host."""
     up = F.interpolate(soft[None], size=size, mode="bilinear", align_corners=False)[0]
     low = up.amin(dim=(1, 2), keepdim=True)
     high = up.amax(dim=(1, 2), keepdim=True)
     scaled = torch.where(high > 0, (up - low) / (high - low).clamp_min(1e-12), up)
-    return np.asarray(ids, dtype=np.uint8)[scaled.max(dim=0).indices.numpy()]
+    channel = scaled.max(dim=0).indices.to(torch.uint8)  # C <= 255 objects: ids come from a uint8 palette
+    return np.asarray(ids, dtype=np.uint8)[channel.cpu().numpy()]
 
 
 def segment_frames(backbone: nn.Module, frames: Sequence[Path], first_labels: np.ndarray,
@@ -109,11 +117,11 @@ def segment_frames(backbone: nn.Module, frames: Sequence[Path], first_labels: np
     if len(ids) == 1:
         log.warning("%s: the first annotation holds no object", frames[0])
 
-    def features(picture) -> torch.Tensor:
-        return patch_features(backbone, to_input(geometry.apply(picture)).to(device)).cpu()
+    def features(picture) -> torch.Tensor:  # stays on the device
+        return patch_features(backbone, to_input(geometry.apply(picture)).to(device))
 
     first_features = features(first)
-    first_soft = one_hot_grid(first_labels, ids, geometry.grid(patch))
+    first_soft = one_hot_grid(first_labels, ids, geometry.grid(patch), first_features.device)
     recent: deque[tuple[torch.Tensor, torch.Tensor]] = deque(maxlen=settings.context)
     yield first_labels.astype(np.uint8)
     for path in tqdm(frames[1:], desc=frames[0].parent.name, unit="frame", disable=not progress):
