@@ -108,6 +108,8 @@ class TrainConfig:
     knn_every: int = 0  # epochs between k-NN checks of the teacher (built-in sample only); 0: never
     dist_timeout_s: int = 600  # process-group timeout: a dead peer ends the run after this
     threads: int = 0  # torch CPU threads; 0 leaves torch's default
+    # preemption and mid-epoch resume
+    checkpoint_every_steps: int = 0  # also write checkpoint.pth every N steps inside an epoch; 0: epoch ends only
 
 
 @dataclass

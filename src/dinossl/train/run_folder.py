@@ -28,6 +28,7 @@ RUNTIME_FIELDS = frozenset(
         "train.dist_timeout_s",
         "train.threads",
         "train.batch_size_per_process",
+        "train.checkpoint_every_steps",
     }
 )
 
