@@ -138,7 +138,7 @@ def write_atomic(path: str | Path, write: Callable[[str], None], digest: bool = 
                 return
             new = file_sha256(tmp)
             record = digest_path(path)
-            current = recorded_digests(record) if record.is_file() else ([file_sha256(path)] if existed else [])
+            current = _current_digests(path, record, existed)
             _write_record(record, path.name, [new, *[d for d in current if d != new]])
             os.replace(tmp, path)
             _write_record(record, path.name, [new])
@@ -147,6 +147,18 @@ def write_atomic(path: str | Path, write: Callable[[str], None], digest: bool = 
         if error is not None:
             raise error from exc
         raise
+
+
+def _current_digests(path: Path, record: Path, existed: bool) -> list[str]:
+    """The digest of the file in place, as far as the record tells (hashing the file only when
+    there is no record, or one left listing two digests by an interrupted write)."""
+    if not existed:
+        return []
+    listed = recorded_digests(record) if record.is_file() else []
+    if len(listed) == 1:
+        return listed
+    actual = file_sha256(path)
+    return [actual] if actual in listed or not listed else listed
 
 
 def _write_record(record: Path, name: str, digests: list[str]) -> None:
