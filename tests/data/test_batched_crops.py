@@ -220,3 +220,16 @@ def test_same_boxes_as_the_per_image_crop_on_cifar10(cifar10_small):
         assert torch.quantile(difference.flatten(), 0.99) <= 12
         shifted = (batched - torch.stack(per_image).float().roll(1, dims=0)).abs()  # another image's crop
         assert shifted.mean() > 10 * difference.mean()
+
+
+def test_an_epoch_resumed_at_a_step_yields_the_same_batches():
+    source = _array_source()
+    whole = list(_loader(source, epoch=2))
+    resumed = _loader(source, epoch=2)
+    resumed.sampler.set_epoch(2, start_step=3)
+    rest = list(resumed)
+    assert len(rest) == len(resumed) == 2
+    for (views_a, labels_a, _), (views_b, labels_b, _) in zip(whole[3:], rest):
+        assert torch.equal(labels_a, labels_b)
+        for a, b in zip(views_a, views_b):
+            assert torch.equal(a.pixels, b.pixels) and torch.equal(a.params, b.params)
