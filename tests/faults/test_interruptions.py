@@ -62,8 +62,10 @@ def _interrupt_and_resume(tmp_path, folder, geometric, signame, step, processes=
 
 
 def _steps(trial: int, count: int) -> list[int]:
+    """Steps at which to send a signal: late enough to be inside training, early enough that the
+    run is still training when the signal lands (the test polls log.jsonl on a loaded machine)."""
     rng = random.Random(1000 + trial)
-    return [rng.randint(1, TOTAL_STEPS - 1) for _ in range(count)]
+    return [rng.randint(1, TOTAL_STEPS - 3) for _ in range(count)]
 
 
 @pytest.mark.parametrize("geometric", ["per_image", "batched"])
