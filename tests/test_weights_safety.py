@@ -144,3 +144,18 @@ def test_training_checkpoints_are_read_by_the_same_safe_reader(tmp_path, backbon
         read_weights_file(tmp_path / "crafted.pth")
     assert str(from_checkpoint.value) == str(from_weights.value) and "refused to unpickle" in str(from_weights.value)
     assert not marker.exists() and calls == []
+
+
+def test_a_refused_pickle_fetched_by_url_is_not_kept_in_the_download_cache(tmp_path, backbone_state, spies):
+    from dinossl.weights.registry import cache_path, fetch
+
+    crafted = tmp_path / "served" / "crafted.pth"
+    crafted.parent.mkdir()
+    torch.save({**backbone_state, "x": RunsShell(tmp_path / "ran")}, crafted)
+    calls = spies()
+    url = crafted.as_uri()  # file:// stands for a server: no network needed
+    cache = tmp_path / "cache"
+    with pytest.raises(CheckpointError, match="could run code.*not kept in the download cache"):
+        fetch(url, cache)
+    assert not cache_path(url, cache).exists() and not list(cache.glob(".*")) and calls == []
+    assert not (tmp_path / "ran").exists()

@@ -21,3 +21,7 @@ class DataError(DinoError):
 
 class CheckpointError(DinoError):
     """A checkpoint or weights file that cannot be used here."""
+
+
+class StorageError(DinoError):
+    """An output that cannot be written: a full disk, a quota, a read-only filesystem."""

@@ -9,25 +9,36 @@ weights and the data, so two runs on different inputs never collide.
 
 from __future__ import annotations
 
+import errno
 import os
 import re
+import tempfile
 from pathlib import Path
 from typing import Optional
 
-from dinossl.errors import DinoError
+from dinossl.errors import DinoError, StorageError
 
 
 def check_writable(path: str | Path) -> Path:
-    """``path`` if it could be created or written: its nearest existing ancestor is a writable
-    folder. Raises DinoError naming the obstacle (a regular file on the way, a read-only or
-    foreign filesystem)."""
+    """``path`` if it could be created or written: its nearest existing ancestor is a folder in
+    which a file can be created. Raises StorageError naming the obstacle (a regular file on the
+    way, a read-only or pseudo filesystem such as /proc, missing permission). The check creates
+    and removes one empty hidden file there (permissions alone do not tell: root passes
+    ``os.access`` on a read-only filesystem)."""
     path = Path(path)
     start = path.parent if path.is_file() else path  # an existing file is replaced in its folder
     existing = next((p for p in (start, *start.parents) if p.exists()), Path("."))
     if not existing.is_dir():
-        raise DinoError(f"cannot write to {path}: {existing} is a file, not a folder")
+        raise StorageError(f"cannot write to {path}: {existing} is a file, not a folder")
     if not os.access(existing, os.W_OK | os.X_OK):
-        raise DinoError(f"cannot write to {path}: {existing} is not a writable folder")
+        raise StorageError(f"cannot write to {path}: {existing} is not a writable folder")
+    try:
+        handle, probe = tempfile.mkstemp(prefix=".dinossl-write-check-", dir=existing)
+    except OSError as exc:
+        reason = "a read-only filesystem" if exc.errno == errno.EROFS else (exc.strerror or str(exc))
+        raise StorageError(f"cannot write to {path}: {existing} does not accept new files ({reason})") from exc
+    os.close(handle)
+    os.unlink(probe)
     return path
 
 

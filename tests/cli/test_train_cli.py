@@ -21,6 +21,10 @@ def _run(capsys, *argv):
         (["data.crops.global_size=33"], "data.crops.global_size"),
         (["data.crops.num_local=-2"], "data.crops.num_local"),
         (["model.unknown=1"], "model.unknown"),
+        (["train.device=foo"], "train.device"),
+        (["--device", "foo"], "train.device"),
+        (["train.epochs=99999999999999999999"], "train.epochs"),
+        (["train.checkpoint_every_steps=-1"], "train.checkpoint_every_steps"),
     ],
 )
 def test_bad_input_one_line_exit_2(tmp_path, capsys, args, needle):

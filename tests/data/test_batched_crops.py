@@ -286,3 +286,14 @@ def test_loader_on_cuda_cuts_there_and_agrees_with_the_cpu():
             assert torch.equal(a.params, b.params)
             difference = (a.pixels.int() - b.pixels.cpu().int()).abs()
             assert difference.max() <= 1 and (difference == 0).float().mean() > 0.99
+def test_an_epoch_resumed_at_a_step_yields_the_same_batches():
+    source = _array_source()
+    whole = list(_loader(source, epoch=2))
+    resumed = _loader(source, epoch=2)
+    resumed.sampler.set_epoch(2, start_step=3)
+    rest = list(resumed)
+    assert len(rest) == len(resumed) == 2
+    for (views_a, labels_a, _), (views_b, labels_b, _) in zip(whole[3:], rest):
+        assert torch.equal(labels_a, labels_b)
+        for a, b in zip(views_a, views_b):
+            assert torch.equal(a.pixels, b.pixels) and torch.equal(a.params, b.params)

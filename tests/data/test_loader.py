@@ -51,3 +51,25 @@ def test_crops_do_not_depend_on_worker_count_and_are_distinct():
         assert all(torch.equal(x, y) for x, y in zip(a, b))
     flat = torch.cat([b[0] for b in results[0]])  # 12 first global crops of 12 different images
     assert len({tuple(x.flatten()[:50].tolist()) for x in flat}) == 12
+
+
+def test_an_epoch_started_at_a_step_yields_the_rest_of_that_epoch():
+    whole = ShardedEpochSampler(40, 4, rank=1, world_size=2, seed=3)
+    whole.set_epoch(5)
+    rest = ShardedEpochSampler(40, 4, rank=1, world_size=2, seed=3)
+    rest.set_epoch(5, start_step=3)
+    assert list(rest) == list(whole)[3 * 4:] and len(rest) == len(whole) - 3 * 4
+
+
+def test_the_loader_does_not_draw_from_the_global_rng():
+    pixels = np.zeros((8, 32, 32, 3), dtype=np.uint8)
+    ds = MultiCropDataset(ArrayImages(pixels, np.zeros(8), ["a"]),
+                          MultiCropAugmentation(CropConfig(global_size=32, local_size=16, num_local=1)), 3)
+    sampler = ShardedEpochSampler(8, 4, seed=3)
+    loader = build_train_loader(ds, sampler, 4, num_workers=0, pin_memory=False)
+    torch.manual_seed(11)
+    expected = torch.rand(3)
+    torch.manual_seed(11)
+    for _ in loader:
+        pass
+    assert torch.equal(torch.rand(3), expected)  # the drop-path draws after it are the same

@@ -100,7 +100,8 @@ def test_two_processes_match_one_process_write_once_and_resume(tmp_path, tiny_im
     after_epoch1 = read_checkpoint(double / "checkpoint.pth")
     _assert_close_states(reference_epoch1, after_epoch1)
     assert after_epoch1["world_size"] == 2 and after_epoch1["global_batch"] == BATCH
-    assert sorted(p.name for p in double.iterdir()) == ["checkpoint.pth", "config.yaml", "log.jsonl", "tensorboard"]
+    assert sorted(p.name for p in double.iterdir()) == ["checkpoint.pth", "checkpoint.pth.sha256", "config.yaml",
+                                                       "log.jsonl", "tensorboard"]
     mixed = tmp_path / "mixed"
     shutil.copytree(double, mixed)
 
@@ -109,8 +110,8 @@ def test_two_processes_match_one_process_write_once_and_resume(tmp_path, tiny_im
     _assert_close_states(reference_epoch2, read_checkpoint(double / "checkpoint.pth"))
     torch.testing.assert_close(_losses(double), _losses(reference), rtol=1e-4, atol=1e-5)
     assert len(_losses(double)) == 8  # one log line per step, not one per rank
-    assert sorted(p.name for p in double.iterdir()) == ["checkpoint.pth", "config.yaml", "log.jsonl",
-                                                       "teacher_backbone.pth", "teacher_backbone.safetensors",
+    assert sorted(p.name for p in double.iterdir()) == ["checkpoint.pth", "checkpoint.pth.sha256", "config.yaml",
+                                                       "log.jsonl", "teacher_backbone.pth", "teacher_backbone.safetensors",
                                                        "tensorboard"]
     assert len(list((double / "tensorboard").iterdir())) == 2  # one event file per invocation of rank 0
 

@@ -272,3 +272,111 @@ def test_a_tiny_run_trains_and_resumes_on_cuda(tmp_path, tiny_image_folder, prec
     records = [json.loads(line) for line in (out / "log.jsonl").read_text().splitlines()]
     losses = [r["loss"] for r in records if r["kind"] == "step"]
     assert len(losses) == 8 and all(math.isfinite(loss) for loss in losses)
+def _comparable_records(run_dir):
+    rows = [json.loads(l) for l in (run_dir / "log.jsonl").read_text().splitlines()]
+    return [{k: v for k, v in r.items() if k not in ("images_per_s", "seconds")} for r in rows]
+
+
+def test_per_image_crops_are_bit_exact_across_worker_counts_and_a_resume(tmp_path, tiny_image_folder):
+    """The DataLoader's base seed no longer comes from the global RNG the drop-path draws use:
+    0, 1 and 2 workers, and a run resumed with persistent workers, end identical."""
+    extra = ["train.epochs=2", "data.geometric=per_image", "model.drop_path=0.1"]
+    runs = {}
+    for workers in (0, 1, 2):
+        runs[workers] = tmp_path / f"workers{workers}"
+        train(tiny_config(tiny_image_folder, *extra, f"data.num_workers={workers}"), runs[workers])
+    for workers in (1, 2):
+        _assert_same_state(_state(runs[0]), _state(runs[workers]))
+    split = tmp_path / "split"
+    train(tiny_config(tiny_image_folder, *extra, "data.num_workers=1"), split, stop_after_epochs=1)
+    train(tiny_config(tiny_image_folder, *extra, "data.num_workers=1"), split)
+    _assert_same_state(_state(runs[0]), _state(split))
+
+
+@pytest.mark.parametrize("geometric", ["per_image", "batched"])
+def test_sigterm_inside_an_epoch_checkpoints_that_step_and_resume_is_bit_exact(tmp_path, tiny_image_folder,
+                                                                               monkeypatch, geometric):
+    import signal
+
+    from dinossl.objective import loss as loss_module
+
+    extra = ["train.epochs=2", "train.log_every=3", f"data.geometric={geometric}", "data.photometric=device"]
+    full = tmp_path / "full"
+    train(tiny_config(tiny_image_folder, *extra), full)
+
+    original = loss_module.DINOLoss.forward
+    calls = {"n": 0}
+
+    def signalled(self, *args, **kwargs):
+        calls["n"] += 1
+        if calls["n"] == 6:  # inside epoch 2 (4 steps per epoch), between two log records
+            signal.raise_signal(signal.SIGTERM)
+        return original(self, *args, **kwargs)
+
+    monkeypatch.setattr(loss_module.DINOLoss, "forward", signalled)
+    split = tmp_path / "split"
+    result = train(tiny_config(tiny_image_folder, *extra), split)
+    assert (result.preempted_by, result.steps_done, result.epochs_done) == (signal.SIGTERM, 6, 1)
+    stopped = _state(split)
+    assert (stopped["epoch"], stopped["epoch_step"], stopped["step"]) == (1, 2, 6)
+    assert not (split / "teacher_backbone.pth").exists()
+    monkeypatch.setattr(loss_module.DINOLoss, "forward", original)
+    train(tiny_config(tiny_image_folder, *extra), split)
+    _assert_same_state(_state(full), _state(split))
+    assert _comparable_records(split) == _comparable_records(full)
+
+
+def test_checkpoint_every_steps_writes_inside_epochs(tmp_path, tiny_image_folder, monkeypatch):
+    from dinossl.train import trainer
+
+    written = []
+    original = trainer.save_checkpoint
+    monkeypatch.setattr(trainer, "save_checkpoint",
+                        lambda state, path: (written.append((state["step"], state.get("epoch_step", 0))),
+                                             original(state, path)))
+    train(tiny_config(tiny_image_folder, "train.epochs=2", "train.checkpoint_every_steps=3"), tmp_path / "run")
+    assert written == [(3, 3), (4, 0), (6, 2), (8, 0)]
+
+
+def test_nonfinite_loss_before_any_checkpoint_says_so(tmp_path, tiny_image_folder, monkeypatch):
+    from dinossl.objective import loss as loss_module
+
+    original = loss_module.DINOLoss.forward
+    monkeypatch.setattr(loss_module.DINOLoss, "forward",
+                        lambda self, *a, **k: (lambda out: (out[0] * float("nan"), out[1]))(original(self, *a, **k)))
+    out = tmp_path / "run"
+    with pytest.raises(NonFiniteLoss) as info:
+        train(tiny_config(tiny_image_folder), out)
+    assert "no checkpoint had been written" in str(info.value) and "untouched" not in str(info.value)
+    assert not (out / "checkpoint.pth").exists()
+
+
+def test_checkpoint_has_a_checked_sha256_and_config_permissions(tmp_path, tiny_image_folder):
+    out = tmp_path / "run"
+    train(tiny_config(tiny_image_folder, "train.epochs=2"), out, stop_after_epochs=1)
+    mode = (out / "config.yaml").stat().st_mode & 0o777
+    assert (out / "checkpoint.pth").stat().st_mode & 0o777 == mode
+    assert (out / "checkpoint.pth.sha256").stat().st_mode & 0o777 == mode
+    data = bytearray((out / "checkpoint.pth").read_bytes())
+    data[-100] ^= 0xFF  # damaged on disk after it was written
+    (out / "checkpoint.pth").write_bytes(bytes(data))
+    with pytest.raises(CheckpointError, match="is damaged"):
+        train(tiny_config(tiny_image_folder, "train.epochs=2"), out)
+
+
+def test_resume_removes_interrupted_writes_and_repeats_no_log_record(tmp_path, tiny_image_folder):
+    out = tmp_path / "run"
+    train(tiny_config(tiny_image_folder, "train.epochs=2"), out, stop_after_epochs=1)
+    kept = (out / "log.jsonl").read_text()
+    with (out / "log.jsonl").open("a") as handle:  # what a run killed inside epoch 2 had logged
+        handle.write(json.dumps({"kind": "step", "step": 5, "epoch": 2, "loss": 1.0}) + "\n")
+        handle.write(json.dumps({"kind": "knn", "epoch": 1, "top1": 0.5}) + "\n")
+        handle.write('{"kind": "step", "st')
+    (out / ".checkpoint.pth.x1y2.tmp").write_bytes(b"PK\x03\x04 part of a checkpoint")
+    (out / ".teacher_backbone.pth.x1y2.tmp").write_bytes(b"PK\x03\x04 part of an export")
+    train(tiny_config(tiny_image_folder, "train.epochs=2"), out)
+    assert not list(out.glob(".*.tmp"))
+    rows = [json.loads(l) for l in (out / "log.jsonl").read_text().splitlines()]
+    steps = [r["step"] for r in rows if r["kind"] == "step"]
+    assert steps == sorted(set(steps)) and (out / "log.jsonl").read_text().startswith(kept)
+    assert [r["kind"] for r in rows].count("knn") == 1

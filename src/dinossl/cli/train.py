@@ -12,6 +12,7 @@ from dinossl.config import DEFAULT_PRESET, Config, file_preset, load_config, pre
 from dinossl.errors import ConfigError
 from dinossl.eval.classification.knn_monitor import KNN_METRIC, SampleKnnDuringTraining
 from dinossl.train import train
+from dinossl.train.preemption import requeue_exit_status, signal_name
 
 log = logging.getLogger("dinossl")
 
@@ -41,6 +42,9 @@ def register(subparsers: argparse._SubParsersAction) -> None:
                         help="initialise the student backbone from released weights (default: random init)")
     parser.add_argument("--stop-after-epochs", type=int, metavar="N", default=argparse.SUPPRESS,
                         help="end this invocation after N more epochs (resumable; e.g. for time-limited jobs)")
+    parser.epilog = ("On SIGTERM or SIGUSR1 (a cluster's preemption or time-limit warning) the step in flight is "
+                     "finished and checkpointed and the command exits with status 128 + the signal's number "
+                     "(143, 138); run the same command to resume from that step. Exit status 2: bad input.")
     parser.add_argument("--print-config", action="store_true",
                         help="print the resolved configuration as YAML and exit (nothing is written)")
     parser.set_defaults(func=run)
@@ -77,6 +81,10 @@ def run(args: argparse.Namespace) -> int:
                    monitors=monitors_for(config))
     if (config.train.knn_at_end or config.train.knn_every) and config.data.path is not None:
         print(f"train.knn_at_end / knn_every use the built-in sample's labels: run `dino eval knn` for {config.data.path}")
+    if result.preempted_by:
+        print(f"stopped on {signal_name(result.preempted_by)} after step {result.steps_done}: the checkpoint in "
+              f"{result.output_dir} holds it; run the same command to resume")
+        return requeue_exit_status(result.preempted_by)
     for record in result.reports:
         if record.get("metric") == KNN_METRIC:
             print(SampleKnnDuringTraining.summary(record))

@@ -110,6 +110,8 @@ class TrainConfig:
     threads: int = 0  # torch CPU threads; 0 leaves torch's default
     # CUDA arithmetic of fp32 runs
     tf32: bool = True  # precision fp32 on CUDA: TF32 matmuls/convolutions (the reference's); false: IEEE fp32
+    # preemption and mid-epoch resume
+    checkpoint_every_steps: int = 0  # also write checkpoint.pth every N steps inside an epoch; 0: epoch ends only
 
 
 @dataclass

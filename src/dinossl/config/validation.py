@@ -5,6 +5,8 @@ from __future__ import annotations
 
 import math
 
+import torch
+
 from dinossl.config.schema import (
     ARCHS,
     GEOMETRIC_MODES,
@@ -15,6 +17,20 @@ from dinossl.config.schema import (
     Config,
 )
 from dinossl.errors import ConfigError
+
+MAX_EPOCHS = 100_000  # the reference trains 800 at most; a larger value is a typo
+DEVICE_NAMES = "auto, cpu, cuda, cuda:N"
+
+
+def is_device_name(name: str) -> bool:
+    """Whether torch parses ``name`` as a device ("auto" included); availability is checked later."""
+    if name == "auto":
+        return True
+    try:
+        torch.device(name)
+    except (RuntimeError, TypeError, ValueError):
+        return False
+    return True
 
 
 def validate(c: Config) -> None:
@@ -74,6 +90,9 @@ def validate(c: Config) -> None:
     need(o.optimizer in OPTIMIZERS, "optim.optimizer", f"unknown optimizer {o.optimizer!r}; choose from {', '.join(OPTIMIZERS)}")
     need(0.0 <= o.momentum_teacher <= 1.0, "optim.momentum_teacher", f"must be in [0, 1], got {o.momentum_teacher}")
     need(t.epochs > 0, "train.epochs", f"must be positive, got {t.epochs}")
+    need(t.epochs <= MAX_EPOCHS, "train.epochs", f"must be at most {MAX_EPOCHS:,}, got {t.epochs}")
+    need(isinstance(t.device, str) and is_device_name(t.device), "train.device",
+         f"{t.device!r} is not a device name ({DEVICE_NAMES})")
     need(t.batch_size_per_process > 0, "train.batch_size_per_process",
          f"must be positive, got {t.batch_size_per_process}")
     need(t.precision in PRECISIONS, "train.precision", f"unknown precision {t.precision!r}; choose from {', '.join(PRECISIONS)}")
@@ -82,3 +101,5 @@ def validate(c: Config) -> None:
     need(t.threads >= 0, "train.threads", f"must be >= 0, got {t.threads}")
     need(t.knn_every >= 0, "train.knn_every", f"must be >= 0, got {t.knn_every}")
     need(isinstance(t.tf32, bool), "train.tf32", f"must be true or false, got {t.tf32!r}")
+    need(t.checkpoint_every_steps >= 0, "train.checkpoint_every_steps",
+         f"must be >= 0, got {t.checkpoint_every_steps}")

@@ -207,12 +207,16 @@ class BatchedCropLoader:
         return images.pin_memory().to(self.device, non_blocking=True)
 
     def __len__(self) -> int:
-        return self.sampler.steps_per_epoch
+        return self.sampler.steps_per_epoch - self.sampler.start_step
 
     def __iter__(self) -> Iterator[tuple[list[RawCrops], torch.Tensor, int]]:
+        """From the sampler's ``start_step``: a resumed epoch's batches equal the uninterrupted
+        epoch's (each step's draws come from (seed, epoch, step))."""
         keys = list(iter(self.sampler))
-        for step in range(len(self)):
-            chunk = keys[step * self.batch_size:(step + 1) * self.batch_size]
+        first = self.sampler.start_step
+        for position in range(len(self)):
+            step = first + position
+            chunk = keys[position * self.batch_size:(position + 1) * self.batch_size]
             indices = torch.tensor([index for index, _ in chunk])
             epoch = chunk[0][1]
             generator = batch_generator(self.seed, epoch, step)

@@ -2,11 +2,16 @@
 
 An image source gives ``len(source)`` and ``source.load(i) -> (PIL RGB image, label)``;
 unlabeled images carry label -1. Files that cannot be decoded raise
-:class:`UnreadableImage`, which the loaders skip and count.
+:class:`UnreadableImage`, which the loaders skip and count: truncated or empty files, other
+files named like images, images over PIL's decompression-bomb limit (``Image.MAX_IMAGE_PIXELS``)
+and floating-point images. 16-bit images are scaled to 8 bits (65535 -> 255); palette images
+with transparency and images with alpha keep their colours (alpha dropped), as
+``Image.convert("RGB")`` does.
 """
 
 from __future__ import annotations
 
+import warnings
 from pathlib import Path
 from typing import Protocol, Sequence
 
@@ -92,11 +97,41 @@ class ImageFolder:
     def load(self, index: int) -> tuple[Image.Image, int]:
         path = self.files[index]
         try:
-            with Image.open(path) as image:
-                rgb = image.convert("RGB")
+            with warnings.catch_warnings():
+                warnings.simplefilter("error", Image.DecompressionBombWarning)
+                with Image.open(path) as image:
+                    rgb = to_rgb(image)
+        except (Image.DecompressionBombError, Image.DecompressionBombWarning) as exc:
+            raise UnreadableImage(f"{path}: larger than {Image.MAX_IMAGE_PIXELS} pixels, refused as a possible "
+                                  f"decompression bomb ({exc})") from exc
         except (UnidentifiedImageError, OSError, ValueError, SyntaxError) as exc:
             raise UnreadableImage(f"{path}: {exc}") from exc
         return rgb, int(self.labels[index])
+
+
+def _name(image: Image.Image) -> str:
+    return str(getattr(image, "filename", "") or "image")
+
+
+_SIXTEEN_BIT_MODES = ("I;16", "I;16L", "I;16B", "I;16N")
+
+
+def to_rgb(image: Image.Image) -> Image.Image:
+    """An 8-bit RGB copy of an open image: 16-bit grayscale scaled by 255/65535 (``convert``
+    would clip it to white); palette transparency resolved through RGBA (no PIL warning).
+    Raises UnreadableImage for floating-point and 32-bit integer images beyond 16 bits."""
+    mode = image.mode
+    if mode in _SIXTEEN_BIT_MODES or mode == "I":
+        values = np.asarray(image, dtype=np.int64)
+        if values.min(initial=0) < 0 or values.max(initial=0) > 65535:
+            raise UnreadableImage(f"{_name(image)}: {mode} values outside 0-65535 are not supported")
+        gray = ((values * 255 + 32767) // 65535).astype(np.uint8)
+        return Image.fromarray(gray, mode="L").convert("RGB")
+    if mode == "F":
+        raise UnreadableImage(f"{_name(image)}: floating-point images are not supported")
+    if mode in ("P", "PA") and ("transparency" in image.info or mode == "PA"):
+        return image.convert("RGBA").convert("RGB")
+    return image.convert("RGB")
 
 
 class ArrayImages:

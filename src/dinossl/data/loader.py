@@ -2,12 +2,15 @@
 
 Each sample's augmentation is seeded from (seed, epoch, index), so crops are the same
 whatever the number of processes or workers, differ between images and epochs, and a
-resumed run sees the crops an uninterrupted run would have seen.
+resumed run sees the crops an uninterrupted run would have seen. The sampler can start an
+epoch at any step (a mid-epoch resume), and the DataLoader draws its workers' base seed from
+a generator of its own, never from the global RNG that the training step uses.
 """
 
 from __future__ import annotations
 
 import logging
+import signal
 from typing import Callable, Iterator, Optional
 
 import numpy as np
@@ -69,6 +72,8 @@ class ShardedEpochSampler(Sampler):
     ``batch_size * world_size`` images, the incomplete last one dropped; process ``rank``
     takes every ``world_size``-th image of each global batch. With one process this is the
     plain shuffled order, and the union over processes of step s is the same global batch.
+    ``set_epoch(epoch, start_step)`` skips the epoch's first ``start_step`` steps (a run resumed
+    inside an epoch).
     """
 
     def __init__(self, num_samples: int, batch_size: int, rank: int = 0, world_size: int = 1,
@@ -76,16 +81,19 @@ class ShardedEpochSampler(Sampler):
         self.num_samples, self.batch_size = num_samples, batch_size
         self.rank, self.world_size, self.seed, self.shuffle = rank, world_size, seed, shuffle
         self.epoch = 0
+        self.start_step = 0
 
     @property
     def steps_per_epoch(self) -> int:
         return self.num_samples // (self.batch_size * self.world_size)
 
-    def set_epoch(self, epoch: int) -> None:
-        self.epoch = epoch
+    def set_epoch(self, epoch: int, start_step: int = 0) -> None:
+        if not 0 <= start_step <= self.steps_per_epoch:
+            raise ValueError(f"start_step {start_step} is outside an epoch of {self.steps_per_epoch} steps")
+        self.epoch, self.start_step = epoch, start_step
 
     def __len__(self) -> int:
-        return self.steps_per_epoch * self.batch_size
+        return (self.steps_per_epoch - self.start_step) * self.batch_size
 
     def __iter__(self) -> Iterator[tuple[int, int]]:
         if self.shuffle:
@@ -93,7 +101,7 @@ class ShardedEpochSampler(Sampler):
         else:
             order = torch.arange(self.num_samples)
         global_batch = self.batch_size * self.world_size
-        for step in range(self.steps_per_epoch):
+        for step in range(self.start_step, self.steps_per_epoch):
             chunk = order[step * global_batch:(step + 1) * global_batch]
             for index in chunk[self.rank::self.world_size].tolist():
                 yield index, self.epoch
@@ -123,11 +131,24 @@ def _seed_worker(worker_id: int) -> None:
     # Crops are seeded per sample; this only keeps other libraries' RNGs distinct per worker.
     info = torch.utils.data.get_worker_info()
     np.random.seed(info.seed % 2**32)
+    # A scheduler's SIGTERM / SIGUSR1 reaches every process of the job: the training process
+    # finishes its step, checkpoints and shuts the workers down; a worker must not die first.
+    for signum in (signal.SIGTERM, signal.SIGUSR1):
+        signal.signal(signum, signal.SIG_IGN)
+
+
+def loader_generator(seed: int) -> torch.Generator:
+    """The DataLoader's own generator (its workers' base seed): without one, the DataLoader
+    draws the base seed from the global RNG, shifting the training step's random draws by one
+    draw in some epochs only (those in which worker processes start)."""
+    state = np.random.SeedSequence([seed, 0x10AD]).generate_state(2, dtype=np.uint32)
+    return torch.Generator().manual_seed(int(state.view(np.uint64)[0] >> 1))
 
 
 def build_train_loader(dataset: MultiCropDataset, sampler: ShardedEpochSampler, batch_size: int,
                        num_workers: int, pin_memory: bool, generator: Optional[torch.Generator] = None) -> DataLoader:
-    """DataLoader over the sampler's share, with persistent, pinned workers when asked."""
+    """DataLoader over the sampler's share, with persistent, pinned workers when asked; its
+    generator defaults to :func:`loader_generator` of the dataset's seed."""
     return DataLoader(
         dataset,
         batch_size=batch_size,
@@ -138,6 +159,6 @@ def build_train_loader(dataset: MultiCropDataset, sampler: ShardedEpochSampler, 
         pin_memory=pin_memory,
         persistent_workers=num_workers > 0,
         worker_init_fn=_seed_worker if num_workers > 0 else None,
-        generator=generator,
+        generator=generator if generator is not None else loader_generator(dataset.seed),
         prefetch_factor=4 if num_workers > 0 else None,
     )

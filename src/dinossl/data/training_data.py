@@ -34,6 +34,10 @@ class TrainingData:
     def steps_per_epoch(self) -> int:
         return self.sampler.steps_per_epoch
 
+    def set_position(self, epoch: int, start_step: int = 0) -> None:
+        """Iterate epoch ``epoch`` from step ``start_step`` (0-based) on the next pass."""
+        self.sampler.set_epoch(epoch, start_step)
+
 
 def build_training_data(data: DataConfig, recipe: CropRecipe, batch_size: int, rank: int, world_size: int,
                         seed: int, device: torch.device | str = "cpu") -> TrainingData:

@@ -29,6 +29,13 @@ class CollapseMonitor:
     _streak: int = 0
     _warned: bool = False
 
+    def state_dict(self) -> dict[str, int | bool]:
+        """The counters a mid-epoch checkpoint keeps."""
+        return {"streak": self._streak, "warned": self._warned}
+
+    def load_state_dict(self, state: dict[str, int | bool]) -> None:
+        self._streak, self._warned = int(state["streak"]), bool(state["warned"])
+
     def kind(self, teacher_entropy: float, kl: float) -> str | None:
         """"uniform", "dimensional" or None for one record."""
         if kl > self.kl_eps:

@@ -18,6 +18,7 @@ import datetime
 import logging
 import os
 from dataclasses import dataclass
+from typing import Any
 
 import torch
 from torch import distributed as dist
@@ -109,6 +110,16 @@ def all_reduce(tensor: torch.Tensor, op: str = "sum") -> torch.Tensor:
         if op == "mean":
             tensor /= dist.get_world_size()
     return tensor
+
+
+def gather_objects(value: Any) -> list[Any]:
+    """Every process's ``value`` (small picklable data: RNG states, running sums), in rank
+    order, on every process; ``[value]`` when not distributed."""
+    if dist.is_available() and dist.is_initialized() and dist.get_world_size() > 1:
+        values: list[Any] = [None] * dist.get_world_size()
+        dist.all_gather_object(values, value)
+        return values
+    return [value]
 
 
 def barrier() -> None:

@@ -4,19 +4,29 @@
 A checkpoint is a dict in the reference layout: ``student`` and ``teacher`` state dicts
 (``backbone.*`` / ``head.*``), ``optimizer``, ``epoch`` (epochs completed), ``dino_loss``
 (``center``, 1 x K) and ``fp16_scaler``, plus ``config`` (a plain dict instead of the
-reference's pickled argparse Namespace), ``step``, ``world_size`` and ``global_batch``.
+reference's pickled argparse Namespace), ``step``, ``world_size``, ``global_batch`` and
+``log_position`` (the length of ``log.jsonl`` when it was written).
+
+A checkpoint written inside an epoch (``train.checkpoint_every_steps``, or on SIGTERM/SIGUSR1)
+also holds ``epoch_step`` (steps done in the unfinished epoch ``epoch`` + 1) and ``mid_epoch``:
+per process, the step RNG state (drop path) and the epoch's running statistics, plus the
+collapse monitor's counters; with them a resumed run computes bit for bit what the
+uninterrupted run computes. ``epoch`` always counts completed epochs, as in the reference.
+
+Each checkpoint has a ``checkpoint.pth.sha256`` beside it, replaced together with it
+(:func:`dinossl.safe_files.write_atomic`) and checked whenever it is read.
 """
 
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Any
+from typing import Any, Optional
 
 import torch
 
 from dinossl.config import Config
 from dinossl.errors import CheckpointError
-from dinossl.safe_files import read_weights_file, write_atomic
+from dinossl.safe_files import digest_path, read_weights_file, remove_stale_temporaries, write_atomic
 from dinossl.train.distiller import Distiller
 from dinossl.weights import write_backbone
 
@@ -26,21 +36,49 @@ EXPORT_FORMATS = ("pth", "safetensors")
 
 
 def training_state(distiller: Distiller, config: Config, epochs_done: int, steps_per_epoch: int,
-                   world_size: int, global_batch: int) -> dict[str, Any]:
-    """The checkpoint of a run after ``epochs_done`` epochs."""
-    return {
+                   world_size: int, global_batch: int, epoch_step: int = 0, log_position: int = 0,
+                   mid_epoch: Optional[dict[str, Any]] = None) -> dict[str, Any]:
+    """The checkpoint of a run after ``epochs_done`` epochs and ``epoch_step`` steps of the next
+    one (``mid_epoch``: what the unfinished epoch needs to continue exactly)."""
+    state = {
         **distiller.state_dict(),
         "epoch": epochs_done,
-        "step": epochs_done * steps_per_epoch,
+        "step": epochs_done * steps_per_epoch + epoch_step,
         "config": config.to_dict(),
         "world_size": world_size,
         "global_batch": global_batch,
+        "log_position": log_position,
     }
+    if epoch_step:
+        state["epoch_step"] = epoch_step
+        state["mid_epoch"] = mid_epoch or {}
+    return state
 
 
 def save_checkpoint(state: dict[str, Any], path: str | Path) -> None:
-    """torch.save ``state`` atomically."""
-    write_atomic(path, lambda tmp: torch.save(state, tmp))
+    """torch.save ``state`` atomically, with its SHA-256 record beside it. Written through an
+    open file, so that a full disk surfaces as ENOSPC (a StorageError) and not as torch's zip
+    writer error; the previous checkpoint stays intact either way."""
+    def write(tmp: str) -> None:
+        with open(tmp, "wb") as handle:
+            torch.save(state, handle)
+
+    write_atomic(path, write, digest=True)
+
+
+def checkpoint_files(output_dir: str | Path) -> list[Path]:
+    """The checkpoint and its SHA-256 record in a run folder (those that exist)."""
+    path = Path(output_dir) / CHECKPOINT_NAME
+    return [p for p in (path, digest_path(path)) if p.exists()]
+
+
+def remove_interrupted_writes(output_dir: str | Path) -> list[Path]:
+    """Delete the temporary files of checkpoint and export writes that a kill interrupted."""
+    folder = Path(output_dir)
+    removed = remove_stale_temporaries(folder / CHECKPOINT_NAME)
+    for fmt in EXPORT_FORMATS:
+        removed += remove_stale_temporaries(folder / f"{EXPORT_STEM}.{fmt}")
+    return removed
 
 
 def read_checkpoint(path: str | Path) -> dict[str, Any]:

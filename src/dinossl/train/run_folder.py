@@ -29,6 +29,7 @@ RUNTIME_FIELDS = frozenset(
         "train.threads",
         "train.batch_size_per_process",
         "train.tf32",  # how a CUDA device rounds fp32 products, like train.device
+        "train.checkpoint_every_steps",
     }
 )
 

@@ -1,4 +1,10 @@
-"""What a run reports: JSON lines, TensorBoard scalars and console messages (rank 0 only)."""
+"""What a run reports: JSON lines, TensorBoard scalars and console messages (rank 0 only).
+
+Each checkpoint stores the length of ``log.jsonl`` when it was written (:meth:`RunLog.position`);
+a resumed run first drops the training records written after that point
+(:func:`rewind_log`), since it computes those steps again, so the log of a run resumed after
+a kill reads like the log of an uninterrupted run.
+"""
 
 from __future__ import annotations
 
@@ -6,13 +12,42 @@ import json
 import logging
 import math
 from pathlib import Path
-from typing import Any
+from typing import Any, Optional
 
 from dinossl.optional import available, require
 
 log = logging.getLogger("dinossl")
 
 LOG_NAME = "log.jsonl"
+# Records a resumed run writes again for the steps after its checkpoint; others (a monitor's
+# result for an epoch that was checkpointed) stay.
+REPEATED_KINDS = frozenset({"step", "epoch", "warning"})
+
+
+def rewind_log(output_dir: str | Path, position: Optional[int]) -> int:
+    """Drop the ``step``, ``epoch`` and ``warning`` records written after byte ``position`` of
+    ``log.jsonl`` (a checkpoint's :meth:`RunLog.position`); returns how many were dropped.
+    A line cut short by a kill is dropped too."""
+    path = Path(output_dir) / LOG_NAME
+    if position is None or not path.is_file() or path.stat().st_size <= position:
+        return 0
+    data = path.read_bytes()
+    kept, dropped = [], 0
+    for line in data[position:].splitlines(keepends=True):
+        try:
+            record = json.loads(line)
+        except ValueError:
+            dropped += 1
+            continue
+        if not line.endswith(b"\n") or not isinstance(record, dict) or record.get("kind") in REPEATED_KINDS:
+            dropped += 1
+        else:
+            kept.append(line)
+    with path.open("r+b") as handle:
+        handle.seek(position)
+        handle.write(b"".join(kept))
+        handle.truncate()
+    return dropped
 
 
 class RunLog:
@@ -22,7 +57,10 @@ class RunLog:
     ``warning`` or ``result``. Disabled (a no-op) on ranks other than 0.
     """
 
-    def __init__(self, output_dir: str | Path, enabled: bool = True, tensorboard: bool = True) -> None:
+    def __init__(self, output_dir: str | Path, enabled: bool = True, tensorboard: bool = True,
+                 purge_step: Optional[int] = None) -> None:
+        """``purge_step``: TensorBoard hides this run's earlier events from that step on (a
+        resumed run's re-computed steps)."""
         self.enabled = enabled
         self.path = Path(output_dir) / LOG_NAME
         self._writer = None
@@ -30,7 +68,7 @@ class RunLog:
             self.path.parent.mkdir(parents=True, exist_ok=True)
             if tensorboard and available("tensorboard"):
                 writer_class = require("torch.utils.tensorboard", "TensorBoard logging").SummaryWriter
-                self._writer = writer_class(log_dir=str(Path(output_dir) / "tensorboard"))
+                self._writer = writer_class(log_dir=str(Path(output_dir) / "tensorboard"), purge_step=purge_step)
             elif tensorboard:
                 log.info("TensorBoard logging is off (log.jsonl has every record): pip install 'dinossl[tensorboard]'")
 
@@ -47,6 +85,10 @@ class RunLog:
                     continue
                 if math.isfinite(value):
                     self._writer.add_scalar(f"{kind}/{key}", value, x)
+
+    def position(self) -> int:
+        """The length of ``log.jsonl`` in bytes (0 before the first record)."""
+        return self.path.stat().st_size if self.path.is_file() else 0
 
     def warn(self, message: str, **fields: Any) -> None:
         """Console warning plus a ``warning`` record."""

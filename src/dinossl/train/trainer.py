@@ -4,6 +4,14 @@ One function, :func:`train`, runs a whole run (or resumes it) in a single proces
 torchrun. The loop itself is :func:`train_one_epoch`; everything it needs is built once in
 :func:`build_run`. What looks at the networks during training (e.g. a k-NN check) is handed in
 as :class:`RunMonitor` objects, so this layer needs nothing from the evaluations.
+
+Checkpoints are written after every epoch, every ``train.checkpoint_every_steps`` steps and
+when SIGTERM or SIGUSR1 arrives (:mod:`~dinossl.train.preemption`: the step in flight is
+finished, checkpointed, and the run ends with status 128 + the signal's number). A run resumed
+from a checkpoint written inside an epoch continues at the next step, bit for bit as the
+uninterrupted run (same number of processes): the sampler skips the steps done, and the step
+RNG, the epoch's running statistics, the collapse counters and the log position come from
+the checkpoint.
 """
 
 from __future__ import annotations
@@ -23,6 +31,7 @@ from dinossl.data import to_model_input
 from dinossl.data.crop_recipe import CropRecipe
 from dinossl.data.training_data import TrainingData, build_training_data
 from dinossl.errors import DataError
+from dinossl.outputs import check_writable
 from dinossl.objective import CollapseMonitor, TrainingSchedules, build_schedules, scaled_lr
 from dinossl.runtime.cuda_settings import configure_cuda
 from dinossl.runtime.distributed import (
@@ -30,6 +39,7 @@ from dinossl.runtime.distributed import (
     PeerFailure,
     all_reduce,
     barrier,
+    gather_objects,
     init_distributed,
     is_peer_failure,
     shutdown_distributed,
@@ -38,13 +48,15 @@ from dinossl.runtime.precision import resolve_precision
 from dinossl.train.checkpoint import (
     CHECKPOINT_NAME,
     export_teacher_backbone,
+    remove_interrupted_writes,
     restore_training_state,
     save_checkpoint,
     training_state,
 )
 from dinossl.train.distiller import Distiller, build_distiller
+from dinossl.train.preemption import PreemptionSignals, signal_name
 from dinossl.train.run_folder import check_run_folder, write_run_config
-from dinossl.train.run_log import RunLog
+from dinossl.train.run_log import RunLog, rewind_log
 from dinossl.train.step_stats import StepStats
 
 log = logging.getLogger("dinossl")
@@ -82,6 +94,9 @@ class TrainingRun:
     run_log: RunLog
     start_epoch: int = 0
     collapse: CollapseMonitor = field(default_factory=lambda: CollapseMonitor(out_dim=1))
+    start_step: int = 0  # steps of epoch start_epoch already done (a checkpoint written inside it)
+    resume_point: Optional[dict[str, Any]] = None  # that checkpoint's ``mid_epoch`` entry
+    signals: PreemptionSignals = field(default_factory=PreemptionSignals)
 
     @property
     def global_batch(self) -> int:
@@ -101,6 +116,16 @@ class TrainResult:
     last_epoch: dict[str, float]
     reports: list[dict[str, Any]]  # the monitors' records after training
     exported: list[Path]
+    preempted_by: int = 0  # the signal (SIGTERM, SIGUSR1) that stopped the run, 0 if none
+    steps_done: int = 0  # global steps done when the run stopped on a signal
+
+
+class _Stopped(Exception):
+    """A preemption signal was honoured inside an epoch (the checkpoint is written)."""
+
+    def __init__(self, signum: int, steps_done: int) -> None:
+        super().__init__(signum, steps_done)
+        self.signum, self.steps_done = signum, steps_done
 
 
 def _seed_for_epoch(seed: int, epoch: int, rank: int) -> None:
@@ -113,7 +138,7 @@ def build_run(config: Config, output_dir: str | Path, init_from: Optional[str] =
               ctx: Optional[DistContext] = None) -> TrainingRun:
     """Data, distiller and schedules; resumes from ``output_dir`` when it holds a checkpoint of
     the same configuration. ``ctx``: the process group already joined (None: join it here)."""
-    output_dir = Path(output_dir)
+    output_dir = check_writable(output_dir)  # before any image is decoded
     if ctx is None:
         ctx = init_distributed(config.train.device, config.train.dist_timeout_s)
     # TF32 for fp32 runs only: mixed-precision runs keep their float32 parts (the head's last
@@ -122,6 +147,11 @@ def build_run(config: Config, output_dir: str | Path, init_from: Optional[str] =
     if config.train.threads > 0:
         torch.set_num_threads(config.train.threads)
     checkpoint = check_run_folder(output_dir, config)
+    resuming = checkpoint is not None or (output_dir / "config.yaml").is_file()
+    if ctx.is_main and resuming:
+        remove_interrupted_writes(output_dir)
+        # the steps after the checkpoint are computed again: their records go
+        rewind_log(output_dir, checkpoint.get("log_position") if checkpoint is not None else 0)
 
     recipe = CropRecipe.from_config(config.data.crops)
     tcfg = config.train
@@ -135,7 +165,9 @@ def build_run(config: Config, output_dir: str | Path, init_from: Optional[str] =
 
     run = TrainingRun(
         config=config, ctx=ctx, output_dir=output_dir, recipe=recipe, data=data, distiller=distiller,
-        schedules=schedules, run_log=RunLog(output_dir, enabled=ctx.is_main),
+        schedules=schedules,
+        run_log=RunLog(output_dir, enabled=ctx.is_main,
+                       purge_step=int(checkpoint.get("step", 0)) + 1 if checkpoint is not None else None),
         collapse=CollapseMonitor(out_dim=config.model.out_dim),
     )
     o = config.optim
@@ -156,29 +188,94 @@ def build_run(config: Config, output_dir: str | Path, init_from: Optional[str] =
 
 
 def _resume(run: TrainingRun, checkpoint: dict[str, Any]) -> None:
-    """Continue after the checkpoint's epoch, saying so when the global batch changed."""
+    """Continue after the checkpoint's step, saying so when the global batch changed."""
     run.start_epoch = restore_training_state(run.distiller, checkpoint, run.output_dir / CHECKPOINT_NAME)
     saved_world = int(checkpoint.get("world_size", run.ctx.world_size))
     saved_batch = int(checkpoint.get("global_batch", run.global_batch))
+    epoch_step = int(checkpoint.get("epoch_step", 0))
+    if epoch_step and saved_batch == run.global_batch:
+        run.start_step, run.resume_point = epoch_step, checkpoint.get("mid_epoch") or {}
+    elif epoch_step:  # continue after the images already seen this epoch, in whole new batches
+        run.start_step = min(epoch_step * saved_batch // run.global_batch, run.steps_per_epoch - 1)
     if saved_batch != run.global_batch and run.ctx.is_main:
+        inside = (f"; inside epoch {run.start_epoch + 1} it continues at step {run.start_step + 1} and its "
+                  "statistics count the steps after the resume only" if epoch_step else "")
         run.run_log.warn(
             f"resuming with global batch {run.global_batch} ({run.ctx.world_size} processes) instead of "
             f"{saved_batch} ({saved_world} processes): the lr is rescaled to the new batch and the "
-            f"per-iteration schedules continue from the same fraction of training (epoch {run.start_epoch})"
+            f"per-iteration schedules continue from the same fraction of training (epoch {run.start_epoch}){inside}"
         )
-    log.info("resumed from %s at epoch %d", run.output_dir / CHECKPOINT_NAME, run.start_epoch)
+    log.info("resumed from %s at epoch %d, step %d", run.output_dir / CHECKPOINT_NAME, run.start_epoch + 1,
+             run.start_step + 1)
+
+
+def _rng_state(device: torch.device) -> dict[str, Any]:
+    """The step RNG (drop path) of this process: the CPU generator, and the GPU's when training there."""
+    return {"cpu": torch.get_rng_state(),
+            "cuda": torch.cuda.get_rng_state(device) if device.type == "cuda" else None}
+
+
+def _set_rng_state(state: dict[str, Any], device: torch.device) -> None:
+    torch.set_rng_state(state["cpu"])
+    if device.type == "cuda" and state.get("cuda") is not None:
+        torch.cuda.set_rng_state(state["cuda"], device)
+
+
+def _continue_epoch(run: TrainingRun, stats_sums: StepStats) -> int:
+    """Restore what the unfinished epoch of a mid-epoch checkpoint had: this process's step RNG
+    and running statistics, the collapse counters; returns the images skipped so far. With
+    another number of processes, rank 0 takes the processes' summed statistics and the RNG
+    stays seeded by (seed, epoch, rank)."""
+    point, ctx = run.resume_point or {}, run.ctx
+    ranks = point.get("ranks") or []
+    if "collapse" in point:
+        run.collapse.load_state_dict(point["collapse"])
+    if len(ranks) == ctx.world_size:
+        mine = ranks[ctx.rank]
+        _set_rng_state(mine["rng"], ctx.device)
+        stats_sums.load_state_dict(mine["step_stats"])
+        return int(mine["skipped_images"])
+    if ranks and ctx.is_main:
+        total = {key: sum(r["step_stats"][key] for r in ranks) for key in ("interval", "epoch")}
+        stats_sums.load_state_dict({**total, "first_bad_step": torch.tensor(-1)})
+        return sum(int(r["skipped_images"]) for r in ranks)
+    return 0
+
+
+def _checkpoint_kept(run: TrainingRun) -> str:
+    """What a failed run leaves (for the non-finite loss message)."""
+    if (run.output_dir / CHECKPOINT_NAME).is_file():
+        return f"the last good checkpoint in {run.output_dir} is untouched"
+    return f"no checkpoint had been written in {run.output_dir} yet"
+
+
+def _save_inside_epoch(run: TrainingRun, epoch: int, steps_done: int, stats_sums: StepStats, skipped: int) -> None:
+    """Checkpoint after ``steps_done`` steps of epoch ``epoch`` (0-based), with what the rest of
+    the epoch needs from every process (a collective: all ranks call it at the same step)."""
+    ctx = run.ctx
+    stats_sums.check_finite(run.steps_per_epoch, _checkpoint_kept(run))  # never checkpoint a NaN state
+    ranks = gather_objects({"rng": _rng_state(ctx.device), "step_stats": stats_sums.state_dict(),
+                            "skipped_images": skipped})
+    if ctx.is_main:
+        state = training_state(run.distiller, run.config, epoch, run.steps_per_epoch, ctx.world_size,
+                               run.global_batch, epoch_step=steps_done, log_position=run.run_log.position(),
+                               mid_epoch={"ranks": ranks, "collapse": run.collapse.state_dict()})
+        save_checkpoint(state, run.output_dir / CHECKPOINT_NAME)
+    barrier()
 
 
 def train_one_epoch(run: TrainingRun, epoch: int, progress: tqdm) -> dict[str, float]:
     """One pass over this process's shard; returns the epoch's mean statistics."""
     cfg, ctx, device = run.config, run.ctx, run.ctx.device
-    run.data.sampler.set_epoch(epoch)
+    first = run.start_step if epoch == run.start_epoch else 0
+    run.data.set_position(epoch, first)
     _seed_for_epoch(cfg.train.seed, epoch, ctx.rank)
 
     stats_sums = StepStats(device)
-    skipped = 0
-    last_time, last_step = time.perf_counter(), epoch * run.steps_per_epoch
-    for it, (crops, _, n_skipped) in enumerate(run.data.loader):
+    skipped = _continue_epoch(run, stats_sums) if first else 0
+    every = cfg.train.checkpoint_every_steps
+    last_time, last_step = time.perf_counter(), epoch * run.steps_per_epoch + first
+    for it, (crops, _, n_skipped) in enumerate(run.data.loader, start=first):
         step = epoch * run.steps_per_epoch + it
         skipped += n_skipped
         if not crops:
@@ -189,8 +286,9 @@ def train_one_epoch(run: TrainingRun, epoch: int, progress: tqdm) -> dict[str, f
         stats_sums.add(step, loss, stats)
         progress.update(1)
 
-        if (step + 1) % cfg.train.log_every == 0 or it + 1 == run.steps_per_epoch:
-            means = stats_sums.read("interval", run.steps_per_epoch, str(run.output_dir))
+        logged = (step + 1) % cfg.train.log_every == 0 or it + 1 == run.steps_per_epoch
+        if logged:
+            means = stats_sums.read("interval", run.steps_per_epoch, _checkpoint_kept(run))
             now = time.perf_counter()
             images_per_s = (step + 1 - last_step) * run.global_batch / max(now - last_time, 1e-9)
             last_time, last_step = now, step + 1
@@ -209,7 +307,16 @@ def train_one_epoch(run: TrainingRun, epoch: int, progress: tqdm) -> dict[str, f
             if warning:
                 run.run_log.warn(f"step {step + 1}: {warning}", step=step + 1)
 
-    means = stats_sums.read("epoch", run.steps_per_epoch, str(run.output_dir))
+        if it + 1 < run.steps_per_epoch:  # the epoch's end is checkpointed by the caller
+            due = every > 0 and (step + 1) % every == 0
+            # processes agree on a signal where they synchronise anyway; one process checks every step
+            signum = run.signals.agreed(device, ctx.distributed) if (due or logged or not ctx.distributed) else 0
+            if due or signum:
+                _save_inside_epoch(run, epoch, it + 1, stats_sums, skipped)
+            if signum:
+                raise _Stopped(signum, step + 1)
+
+    means = stats_sums.read("epoch", run.steps_per_epoch, _checkpoint_kept(run))
     skipped_total = int(all_reduce(torch.tensor([skipped], device=device, dtype=torch.float64), "sum").item())
     if skipped_total:
         run.run_log.warn(f"epoch {epoch + 1}: skipped {skipped_total} unreadable images", epoch=epoch + 1)
@@ -231,7 +338,8 @@ def train(
     run: Optional[TrainingRun] = None
     try:
         run = build_run(config, output_dir, init_from, ctx)
-        return _train(run, stop_after_epochs, monitors)
+        with run.signals:
+            return _train(run, stop_after_epochs, monitors)
     except (RuntimeError, dist.DistError) as exc:
         if ctx.distributed and is_peer_failure(exc):
             raise PeerFailure(
@@ -254,6 +362,13 @@ def _report(run: TrainingRun, report: Optional[MonitorReport], progress: Optiona
         (progress.write if progress is not None else log.info)(report.message)
 
 
+def _preempted(run: TrainingRun, signum: int, epochs_done: int, steps_done: int) -> TrainResult:
+    if run.ctx.is_main:
+        log.info("stopped on %s after step %d: %s holds its checkpoint", signal_name(signum), steps_done,
+                 run.output_dir)
+    return TrainResult(run.output_dir, epochs_done, {}, [], [], preempted_by=signum, steps_done=steps_done)
+
+
 def _train(run: TrainingRun, stop_after_epochs: Optional[int], monitors: Sequence[RunMonitor]) -> TrainResult:
     cfg, ctx = run.config, run.ctx
     total_steps = cfg.train.epochs * run.steps_per_epoch
@@ -270,23 +385,29 @@ def _train(run: TrainingRun, stop_after_epochs: Optional[int], monitors: Sequenc
     end_epoch = cfg.train.epochs
     if stop_after_epochs is not None:
         end_epoch = min(end_epoch, run.start_epoch + stop_after_epochs)
-    progress = tqdm(total=total_steps, initial=run.start_epoch * run.steps_per_epoch, unit="step",
+    progress = tqdm(total=total_steps, initial=run.start_epoch * run.steps_per_epoch + run.start_step, unit="step",
                     disable=not (ctx.is_main and cfg.train.progress_bar), dynamic_ncols=True, desc="dino")
     try:
         for epoch in range(run.start_epoch, end_epoch):
             started = time.perf_counter()
-            last_epoch = train_one_epoch(run, epoch, progress)
+            try:
+                last_epoch = train_one_epoch(run, epoch, progress)
+            except _Stopped as stop:
+                return _preempted(run, stop.signum, epoch, stop.steps_done)
             last_epoch["seconds"] = time.perf_counter() - started
             if ctx.is_main:
                 run.run_log.write({"kind": "epoch", "epoch": epoch + 1, **last_epoch,
                                    "teacher_temp": float(run.schedules.teacher_temp[epoch]),
                                    "center_norm": run.distiller.loss_fn.center.norm().item()})
                 state = training_state(run.distiller, cfg, epoch + 1, run.steps_per_epoch, ctx.world_size,
-                                       run.global_batch)
+                                       run.global_batch, log_position=run.run_log.position())
                 save_checkpoint(state, run.output_dir / CHECKPOINT_NAME)
                 for monitor in monitors:
                     _report(run, monitor.after_epoch(epoch + 1, run.distiller), progress)
             barrier()
+            signum = run.signals.agreed(ctx.device, ctx.distributed)
+            if signum and epoch + 1 < cfg.train.epochs:
+                return _preempted(run, signum, epoch + 1, (epoch + 1) * run.steps_per_epoch)
     finally:
         progress.close()
     if end_epoch < cfg.train.epochs:

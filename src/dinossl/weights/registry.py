@@ -21,7 +21,7 @@ import torch
 
 from dinossl.errors import CheckpointError
 from dinossl.models import BackboneSpec
-from dinossl.safe_files import write_atomic
+from dinossl.safe_files import read_weights_file, write_atomic
 
 RELEASE_ROOT = "https://dl.fbaipublicfiles.com/dino"
 DOWNLOAD_TIMEOUT_S = 30.0
@@ -66,10 +66,16 @@ def cache_path(url: str, cache_dir: Optional[str | Path] = None) -> Path:
 
 
 def download(url: str, destination: Path, timeout_s: float = DOWNLOAD_TIMEOUT_S) -> Path:
-    """Fetch ``url`` into ``destination`` atomically (a partial download never stays)."""
+    """Fetch ``url`` into ``destination`` atomically (a partial download never stays). The
+    file is read safely before it enters the cache: one that is refused (a pickle that would
+    run code, not a weights file) is not kept, so it is never found there later."""
     def fetch(tmp: str) -> None:
         with urllib.request.urlopen(url, timeout=timeout_s) as response, open(tmp, "wb") as out:
             shutil.copyfileobj(response, out, length=1 << 20)
+        try:
+            read_weights_file(tmp)
+        except CheckpointError as exc:
+            raise CheckpointError(f"{url}: {str(exc).replace(tmp + ': ', '')} (not kept in the download cache)") from exc
 
     try:
         write_atomic(destination, fetch)

@@ -55,6 +55,7 @@ from dinossl.eval.results import write_results
 from dinossl.eval.validation import require_non_negative, require_positive
 from dinossl.outputs import default_output_folder, usable_output_folder
 from dinossl.runtime.cuda_settings import configure_cuda
+from dinossl.runtime.device import resolve_device
 from dinossl.runtime.distributed import (
     DistContext,
     all_reduce,
@@ -239,6 +240,7 @@ def _run(target: EvalTarget, evaluation: str, images: ImageSettings, body: Body)
         raise DinoError(f"which must be teacher or student, got {target.which!r}")
     folder = usable_output_folder(target.output_folder(evaluation), target.overwrite)
     output = folder / RESULTS_NAME
+    resolve_device(target.device)  # a bad --device is reported before any download
     splits = open_splits(target.data, target.train, target.val)
     backbone = load_backbone(target.weights, which=target.which)
     images.check(backbone)

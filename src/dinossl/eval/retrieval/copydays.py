@@ -145,12 +145,12 @@ def run_copydetection(run: BackboneRun, data: str | Path, distractors: Optional[
     """Check the layout, the extra folders and the output folder, then load the weights,
     evaluate and write ``<output>/results.json``; returns the record written."""
     layout = open_copydays(data)
+    folder = usable_output_folder(output or default_output_folder("copydetection", run.weights, data, run.which),
+                                  overwrite)
     check_some_decode(layout.originals, f"{layout.root / 'original'}")
     for block in layout.blocks:
         check_some_decode(block.queries, f"{layout.root / block.name}")
     extra = open_extra_images(distractors, whitening)
-    folder = usable_output_folder(output or default_output_folder("copydetection", run.weights, data, run.which),
-                                  overwrite)
     backbone, device = run.load()
     settings.spec.check(backbone)
     start = time.perf_counter()

@@ -106,9 +106,9 @@ def run_retrieval(run: BackboneRun, data: str | Path, dataset: str, settings: Re
         missing = [name for name, q in zip(benchmark.qimlist, benchmark.gnd) if q.bbx is None]
         if missing:
             raise DataError(f"--crop-queries needs a bbx for every query; {len(missing)} have none (first: {missing[0]})")
+    folder = usable_output_folder(output or default_output_folder("retrieval", run.weights, dataset, run.which), overwrite)
     check_some_decode(benchmark.database_paths, f"{benchmark.images} (database)")
     check_some_decode(benchmark.query_paths, f"{benchmark.images} (queries)")
-    folder = usable_output_folder(output or default_output_folder("retrieval", run.weights, dataset, run.which), overwrite)
     backbone, device = run.load()
     start = time.perf_counter()
     results = revisited_protocol(backbone, benchmark, settings, run, device)

@@ -1,0 +1,165 @@
+"""Kills and preemption at random steps, and kills inside checkpoint writes: every interrupted
+run leaves a checkpoint that loads (or none), and resuming it ends bit for bit where the
+uninterrupted run ends, with no temporary file left and the same log.
+
+The random steps are drawn from a seeded generator, so a failure names a reproducible trial.
+The fast variants run in CI; the long ones (every combination, more trials; ``slow``) run when
+DINOSSL_LONG_FAULTS=1 is set, since CI's plain ``pytest`` does not deselect ``slow``."""
+
+from __future__ import annotations
+
+import os
+import random
+import shutil
+
+import pytest
+
+from dinossl.cli import main
+from dinossl.train.preemption import requeue_exit_status
+from tests.faults.conftest import (
+    GLOBAL_BATCH,
+    SIGNALS,
+    assert_loadable_or_absent,
+    assert_same_run,
+    finish,
+    leftovers,
+    run_args,
+    signal_at_step,
+    start,
+)
+
+TOTAL_STEPS = 8  # 2 epochs x 4 steps
+long_variant = pytest.mark.skipif(os.environ.get("DINOSSL_LONG_FAULTS") != "1",
+                                  reason="long fault variant: set DINOSSL_LONG_FAULTS=1 to run it")
+
+
+@pytest.fixture(scope="module")
+def references(tmp_path_factory, tiny_image_folder):
+    """Uninterrupted single-process runs, one per crop path, made on first use."""
+    made = {}
+
+    def get(geometric: str):
+        if geometric not in made:
+            out = tmp_path_factory.mktemp(f"reference-{geometric}") / "run"
+            assert main(["train", *run_args(tiny_image_folder, out, geometric)]) == 0
+            made[geometric] = out
+        return made[geometric]
+
+    return get
+
+
+def _interrupt_and_resume(tmp_path, folder, geometric, signame, step, processes=1):
+    out = tmp_path / f"{signame}-{geometric}-{processes}-at{step}"
+    per_process = GLOBAL_BATCH // processes
+    every = ["train.checkpoint_every_steps=2"] if signame == "SIGKILL" else []  # SIGTERM writes its own
+    results = signal_at_step(start(run_args(folder, out, geometric, per_process, *every), processes), out, step,
+                             SIGNALS[signame])
+    codes = [code for code, _ in results]
+    if signame == "SIGTERM":
+        assert all(code in (0, requeue_exit_status(SIGNALS["SIGTERM"])) for code in codes), results
+    else:
+        assert all(code in (0, -SIGNALS["SIGKILL"]) for code in codes), results
+    assert_loadable_or_absent(out)
+    resumed = finish(start(run_args(folder, out, geometric, per_process), processes))
+    assert all(code == 0 for code, _ in resumed), resumed
+    return out, codes
+
+
+def _steps(trial: int, count: int) -> list[int]:
+    """Steps at which to send a signal: late enough to be inside training, early enough that the
+    run is still training when the signal lands (the test polls log.jsonl on a loaded machine)."""
+    rng = random.Random(1000 + trial)
+    return [rng.randint(1, TOTAL_STEPS - 3) for _ in range(count)]
+
+
+@pytest.mark.parametrize("geometric", ["per_image", "batched"])
+@pytest.mark.parametrize("signame", ["SIGTERM", "SIGKILL"])
+def test_one_process_interrupted_at_a_random_step_resumes_bit_exactly(tmp_path, tiny_image_folder, references,
+                                                                      geometric, signame):
+    step = _steps(["per_image", "batched"].index(geometric) * 2 + ["SIGTERM", "SIGKILL"].index(signame), 1)[0]
+    out, codes = _interrupt_and_resume(tmp_path, tiny_image_folder, geometric, signame, step)
+    if signame == "SIGTERM":
+        assert codes == [requeue_exit_status(SIGNALS["SIGTERM"])]  # stopped inside training, not after it
+    assert_same_run(references(geometric), out)
+
+
+@pytest.fixture(scope="module")
+def two_process_references(tmp_path_factory, tiny_image_folder):
+    made = {}
+
+    def get(geometric: str):
+        if geometric not in made:
+            out = tmp_path_factory.mktemp(f"reference2-{geometric}") / "run"
+            results = finish(start(run_args(tiny_image_folder, out, geometric, GLOBAL_BATCH // 2), 2))
+            assert all(code == 0 for code, _ in results), results
+            made[geometric] = out
+        return made[geometric]
+
+    return get
+
+
+def _two_processes(tmp_path, folder, references, geometric, signame, step):
+    out, codes = _interrupt_and_resume(tmp_path, folder, geometric, signame, step, processes=2)
+    assert_same_run(references(geometric), out)
+
+
+def test_two_processes_preempted_inside_an_epoch_resume_bit_exactly(tmp_path, tiny_image_folder,
+                                                                    two_process_references):
+    _two_processes(tmp_path, tiny_image_folder, two_process_references, "batched", "SIGTERM", 3)
+
+
+@pytest.mark.slow
+@long_variant
+@pytest.mark.parametrize("geometric,signame", [("per_image", "SIGTERM"), ("per_image", "SIGKILL"),
+                                               ("batched", "SIGKILL")])
+def test_two_processes_interrupted_at_a_random_step_resume_bit_exactly(tmp_path, tiny_image_folder,
+                                                                       two_process_references, geometric, signame):
+    step = _steps(len(geometric) + len(signame), 1)[0]
+    _two_processes(tmp_path, tiny_image_folder, two_process_references, geometric, signame, step)
+
+
+def _kill_inside_writes(tmp_path, folder, reference, trials: int, seed: int):
+    """``trials`` runs killed inside a checkpoint write (while the file is written, or between the
+    renames of the checkpoint and its SHA-256 record), each resumed to the end."""
+    rng = random.Random(seed)
+    corrupt = 0
+    for trial in range(trials):
+        out = tmp_path / f"trial{trial}"
+        write = rng.randint(1, 4)  # the checkpoints after steps 2, 4 (epoch end), 6 and 8 (epoch end)
+        fault = (f"in_write:{write}:{rng.uniform(0.0, 1.0):.3f}" if rng.random() < 0.5
+                 else f"at_rename:{write}:{rng.randint(1, 3)}")
+        results = finish(start(run_args(folder, out, "batched", GLOBAL_BATCH, "train.checkpoint_every_steps=2"),
+                               fault=fault))
+        assert results[0][0] == -9, (fault, results)  # the fault struck
+        try:
+            assert_loadable_or_absent(out)
+        except Exception:
+            corrupt += 1
+            raise
+        resumed = finish(start(run_args(folder, out, "batched", GLOBAL_BATCH)))
+        assert resumed[0][0] == 0, (fault, resumed)
+        assert leftovers(out) == [], fault
+        assert_same_run(reference, out)
+        shutil.rmtree(out)
+    assert corrupt == 0
+
+
+def test_kills_inside_checkpoint_writes_leave_a_loadable_checkpoint_and_no_leftovers(tmp_path, tiny_image_folder,
+                                                                                     references):
+    _kill_inside_writes(tmp_path, tiny_image_folder, references("batched"), trials=3, seed=17)
+
+
+@pytest.mark.slow
+@long_variant
+def test_many_kills_inside_checkpoint_writes(tmp_path, tiny_image_folder, references):
+    _kill_inside_writes(tmp_path, tiny_image_folder, references("batched"), trials=16, seed=29)
+
+
+@pytest.mark.slow
+@long_variant
+def test_many_kills_at_random_steps(tmp_path, tiny_image_folder, references):
+    for trial, step in enumerate(_steps(7, 6)):
+        geometric = ("per_image", "batched")[trial % 2]
+        out, _ = _interrupt_and_resume(tmp_path, tiny_image_folder, geometric, "SIGKILL", step)
+        assert_same_run(references(geometric), out)
+        shutil.rmtree(out)
