@@ -24,7 +24,8 @@ from dinossl.runtime.device import resolve_device
 from dinossl.weights import load_backbone
 
 WEIGHTS_HELP = ("training checkpoint (checkpoint.pth), backbone file (.pth or .safetensors in the released layout), "
-                "released-model name (dino_vits16, dino_vits8, dino_vitb16, dino_vitb8, dino_resnet50) or URL")
+                "released-model name (dino_vits16, dino_vits8, dino_vitb16, dino_vitb8, dino_resnet50), URL, or "
+                "hf-hub:ORG/NAME (a timm or transformers repository on the Hugging Face Hub)")
 DEVICE_HELP = "auto (a GPU when there is one), cpu, cuda or cuda:N"
 
 
