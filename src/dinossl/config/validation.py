@@ -8,6 +8,7 @@ import math
 from dinossl.config.schema import (
     ARCHS,
     GEOMETRIC_MODES,
+    LOGGERS,
     OPTIMIZERS,
     PHOTOMETRIC_PLACES,
     PRECISIONS,
@@ -81,3 +82,10 @@ def validate(c: Config) -> None:
     need(t.dist_timeout_s > 0, "train.dist_timeout_s", f"must be positive, got {t.dist_timeout_s}")
     need(t.threads >= 0, "train.threads", f"must be >= 0, got {t.threads}")
     need(t.knn_every >= 0, "train.knn_every", f"must be >= 0, got {t.knn_every}")
+    need(t.keep_every >= 0, "train.keep_every", f"must be >= 0, got {t.keep_every}")
+    need(t.attention_every >= 0, "train.attention_every", f"must be >= 0, got {t.attention_every}")
+    need(t.attention_every == 0 or m.arch in VIT_ARCHS, "train.attention_every",
+         f"attention maps need a ViT, not model.arch={m.arch}")
+    need(t.logger in LOGGERS, "train.logger", f"unknown logger {t.logger!r}; choose from {', '.join(LOGGERS)}")
+    need(t.val_data is None or t.knn_every > 0 or t.knn_at_end, "train.val_data",
+         "set train.knn_every (epochs between k-NN checks) or train.knn_at_end to use it")

@@ -28,6 +28,12 @@ RUNTIME_FIELDS = frozenset(
         "train.dist_timeout_s",
         "train.threads",
         "train.batch_size_per_process",
+        "train.keep_every",
+        "train.val_data",
+        "train.attention_every",
+        "train.attention_images",
+        "train.logger",
+        "train.logger_project",
     }
 )
 

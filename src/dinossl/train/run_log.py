@@ -6,9 +6,12 @@ import json
 import logging
 import math
 from pathlib import Path
-from typing import Any
+from typing import Any, Optional
+
+import numpy as np
 
 from dinossl.optional import available, require
+from dinossl.train.experiment_loggers import Tracker
 
 log = logging.getLogger("dinossl")
 
@@ -19,12 +22,15 @@ class RunLog:
     """Appends one JSON object per record to ``log.jsonl`` and mirrors numbers to TensorBoard.
 
     Records have a ``kind``: ``step`` (every ``train.log_every`` steps), ``epoch``,
-    ``warning`` or ``result``. Disabled (a no-op) on ranks other than 0.
+    ``warning``, ``knn`` or ``result``. Disabled (a no-op) on ranks other than 0. A ``tracker``
+    (W&B, MLflow) also gets every record and picture.
     """
 
-    def __init__(self, output_dir: str | Path, enabled: bool = True, tensorboard: bool = True) -> None:
+    def __init__(self, output_dir: str | Path, enabled: bool = True, tensorboard: bool = True,
+                 tracker: Optional[Tracker] = None) -> None:
         self.enabled = enabled
         self.path = Path(output_dir) / LOG_NAME
+        self.tracker = tracker if enabled else None
         self._writer = None
         if enabled:
             self.path.parent.mkdir(parents=True, exist_ok=True)
@@ -47,6 +53,17 @@ class RunLog:
                     continue
                 if math.isfinite(value):
                     self._writer.add_scalar(f"{kind}/{key}", value, x)
+        if self.tracker is not None:
+            self.tracker.log(record)
+
+    def image(self, name: str, picture: np.ndarray, epoch: int) -> None:
+        """A (H, W, 3) uint8 picture to TensorBoard and the tracker (the caller writes its PNG)."""
+        if not self.enabled:
+            return
+        if self._writer is not None:
+            self._writer.add_image(name, picture, epoch, dataformats="HWC")
+        if self.tracker is not None:
+            self.tracker.log_image(name, picture, epoch)
 
     def warn(self, message: str, **fields: Any) -> None:
         """Console warning plus a ``warning`` record."""
@@ -59,3 +76,6 @@ class RunLog:
         if self._writer is not None:
             self._writer.close()
             self._writer = None
+        if self.tracker is not None:
+            self.tracker.close()
+            self.tracker = None
