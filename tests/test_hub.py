@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import hashlib
 import urllib.error
 import urllib.request
 
@@ -78,14 +79,44 @@ def test_file_of_another_release_is_refused(vits16_file):
 def test_url_is_downloaded_once_into_the_cache(vits16_file, tmp_path):
     model, path = vits16_file
     cache = tmp_path / "cache"
-    loaded = hub.dino_vits16(path.as_uri(), cache_dir=cache)
-    cached = cache / path.name
+    url = path.as_uri()
+    loaded = hub.dino_vits16(url, cache_dir=cache)
+    cached = hub.cache_path(url, cache)
+    assert cached.parent.parent == cache / "dinossl" and cached.name == path.name
     assert cached.is_file() and _same(loaded, model)
-    assert [p.name for p in cache.iterdir()] == [path.name]  # no temporary file left
-    cached.touch()
+    assert sorted(p.name for p in cached.parent.iterdir()) == [path.name, path.name + ".sha256"]  # no temporary file
+    assert cached.with_name(path.name + ".sha256").read_text().split()[0] == hashlib.sha256(path.read_bytes()).hexdigest()
     stamp = cached.stat().st_mtime_ns
-    assert _same(hub.dino_vits16(path.as_uri(), cache_dir=cache), model)
+    assert _same(hub.dino_vits16(url, cache_dir=cache), model)
     assert cached.stat().st_mtime_ns == stamp  # reused, not fetched again
+
+
+def test_two_urls_ending_in_the_same_file_name_never_share_an_entry(tmp_path):
+    first, second = (random_backbone(BackboneSpec("vit_tiny", 16, 32, 2)) for _ in range(2))
+    with torch.no_grad():
+        second.cls_token.add_(1.0)
+    urls = []
+    for folder, model in (("a", first), ("b", second)):
+        (tmp_path / folder).mkdir()
+        torch.save(model.state_dict(), tmp_path / folder / "weights.pth")
+        urls.append((tmp_path / folder / "weights.pth").as_uri())
+    cache = tmp_path / "cache"
+    assert hub.cache_path(urls[0], cache) != hub.cache_path(urls[1], cache)
+    assert _same(hub.load(urls[0], cache_dir=cache), first)
+    assert _same(hub.load(urls[1], cache_dir=cache), second)  # not the first URL's file
+    assert _same(hub.load(urls[0], cache_dir=cache), first)
+
+
+def test_a_cached_file_that_changed_is_downloaded_again(vits16_file, tmp_path, caplog):
+    model, path = vits16_file
+    cache = tmp_path / "cache"
+    url = path.as_uri()
+    cached = hub.fetch(url, cache)
+    cached.write_bytes(cached.read_bytes()[:-1] + b"x")  # corrupted after the download
+    with caplog.at_level("WARNING", logger="dinossl"):
+        assert hub.fetch(url, cache) == cached
+    assert "does not match the SHA-256 recorded" in caplog.text
+    assert cached.read_bytes() == path.read_bytes() and _same(hub.load(url, cache_dir=cache), model)
 
 
 def test_default_cache_is_the_torch_hub_checkpoints_folder(vits16_file, tmp_path, monkeypatch):
@@ -95,8 +126,11 @@ def test_default_cache_is_the_torch_hub_checkpoints_folder(vits16_file, tmp_path
     assert hub.cache_path(url) == tmp_path / "hub" / "checkpoints" / "dino_deitsmall16_pretrain.pth"
     (tmp_path / "hub" / "checkpoints").mkdir(parents=True)
     (tmp_path / "hub" / "checkpoints" / path.name).write_bytes(path.read_bytes())
-    # Already fetched (by this package or the reference's hubconf): no network needed.
+    # Already fetched (by this package or the reference's hubconf): no network needed, and the
+    # file's SHA-256 is recorded on first use, then checked on every reuse.
     assert _same(hub.dino_vits16(), model)
+    record = tmp_path / "hub" / "checkpoints" / (path.name + ".sha256")
+    assert record.read_text().split()[0] == hashlib.sha256(path.read_bytes()).hexdigest()
     assert _same(hub.load("dino_vits16"), model)
     assert _same(load_backbone("dino_vits16"), model)  # every loader takes released names and URLs
     assert _same(load_backbone(path.as_uri()), model)
@@ -130,3 +164,57 @@ def test_resnet50_from_a_torchvision_file(tmp_path):
     x = torch.randn(2, 3, 32, 32)
     with torch.no_grad():
         assert loaded(x).shape == (2, 2048) and torch.equal(loaded(x), model(x))
+
+
+def test_builders_take_pretrained_and_backbone_kwargs(vits16_file):
+    model, path = vits16_file
+    fresh = hub.dino_vits16(pretrained=False, depth=2, drop_path_rate=0.2)
+    assert spec_of(fresh) == BackboneSpec("vit_small", 16, 224, 2) and not fresh.training
+    assert fresh.blocks[1].drop_path1.drop_prob == pytest.approx(0.2)  # timm's linear rule, last block
+    loaded = hub.dino_vits16(path, drop_path_rate=0.1)  # kwargs reach the backbone of loaded weights too
+    assert _same(loaded, model) and loaded.blocks[-1].drop_path1.drop_prob == pytest.approx(0.1)
+    classifier = hub.dino_vits16(path, num_classes=7)  # a new linear classifier on the [CLS] features
+    with torch.no_grad():
+        x = torch.randn(2, 3, 32, 32)
+        assert classifier(x).shape == (2, 7)
+        assert torch.allclose(classifier(x), classifier.head(model(x)), atol=1e-6)
+    resnet = hub.dino_resnet50(pretrained=False, num_classes=3)
+    assert resnet(torch.randn(1, 3, 32, 32)).shape == (1, 3)
+
+
+def test_pretrained_cfg_gives_the_reference_evaluation_transform(cifar10_small):
+    from PIL import Image
+    from timm.data import create_transform, resolve_data_config
+
+    from dinossl.data import evaluation_transform
+
+    model = hub.dino_resnet50(pretrained=False)
+    config = resolve_data_config(model=model)
+    assert config == {"input_size": (3, 224, 224), "interpolation": "bicubic", "mean": (0.485, 0.456, 0.406),
+                      "std": (0.229, 0.224, 0.225), "crop_pct": 0.875, "crop_mode": "center"}
+    image = Image.open(next((cifar10_small / "val").rglob("*.jpg"))).convert("RGB")
+    ours = evaluation_transform(256, 224)(image)  # the reference's Resize(256, bicubic) + CenterCrop(224)
+    assert torch.allclose(create_transform(**config)(image), ours, atol=1e-5)
+
+
+def test_linear_classifier_reads_the_reference_head_layout(tmp_path, monkeypatch):
+    """A head in the layout of the reference's *_linearweights.pth (DDP-wrapped keys, features
+    interleaved as [cls_0, avg_0, cls_1, avg_1, ...] by eval_linear.py) gives the logits of the
+    reference's own feature computation, restated here."""
+    spec = BackboneSpec("vit_tiny", 16, 32, 2)
+    backbone = random_backbone(spec)
+    torch.save(backbone.state_dict(), tmp_path / "backbone.pth")
+    weight, bias = torch.randn(5, 2 * 192), torch.randn(5)
+    torch.save({"epoch": 100, "best_acc": 78.2, "state_dict": {"module.linear.weight": weight,
+                                                                "module.linear.bias": bias}}, tmp_path / "linear.pth")
+    release = hub.Released(spec, (tmp_path / "backbone.pth").as_uri(), (tmp_path / "linear.pth").as_uri(), 1, True)
+    monkeypatch.setitem(hub.RELEASED, "dino_vitb16", release)
+    monkeypatch.setattr(hub, "IMAGENET_CLASSES", 5)
+    probe = hub.dino_vitb16_lc(cache_dir=tmp_path / "cache")
+    x = torch.randn(3, 3, 32, 48)
+    with torch.no_grad():
+        last = backbone.intermediate_layers(x, 1)[-1]
+        reference = torch.cat((last[:, 0].unsqueeze(-1), last[:, 1:].mean(dim=1).unsqueeze(-1)), dim=-1)
+        expected = reference.reshape(3, -1) @ weight.T + bias
+        assert torch.allclose(probe(x), expected, atol=1e-5)
+    assert hub.dino_vitb16_lc(pretrained=False).linear.weight.shape == (5, 384)

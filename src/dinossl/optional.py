@@ -8,7 +8,8 @@ from types import ModuleType
 
 from dinossl.errors import DinoError
 
-EXTRAS = {"matplotlib": "viz", "av": "video", "torch.utils.tensorboard": "tensorboard", "faiss": "faiss"}
+EXTRAS = {"matplotlib": "viz", "av": "video", "torch.utils.tensorboard": "tensorboard", "faiss": "faiss", "huggingface_hub": "hf",
+          "wandb": "wandb", "mlflow": "mlflow"}
 
 
 def require(module: str, feature: str) -> ModuleType:

@@ -74,11 +74,13 @@ def _safe(name: str, fallback: str) -> str:
 
 def weights_label(weights: str | Path, which: str = "teacher") -> str:
     """A short name for weights in folder names: the file stem (with its folder's name when the
-    stem is generic, e.g. ``run1-checkpoint``), a URL's file stem, or a released name; a
-    checkpoint's student gets ``-student``."""
+    stem is generic, e.g. ``run1-checkpoint``), a URL's file stem, a released name, or an
+    ``hf-hub:`` repository's name; a checkpoint's student gets ``-student``."""
     text = str(weights)
     path = Path(text.rstrip("/").split("?")[0])
     label = path.stem if path.suffix else path.name
+    if text.startswith("hf-hub:"):  # hf-hub:ORG/NAME[@REVISION]: the repository's name
+        label = text.rsplit("/", 1)[-1]
     if path.is_file() and label in _GENERIC_STEMS and path.resolve().parent.name:
         label = f"{path.resolve().parent.name}-{label}"
     if which == "student":

@@ -8,6 +8,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+import torch
 from PIL import Image
 from torch import nn
 
@@ -166,3 +167,123 @@ def test_tf32_flag_reaches_every_evaluation_runner(flag, expected, monkeypatch):
     monkeypatch.setattr(common, "load_backbone", lambda *args, **kwargs: nn.Identity())
     common.backbone_on_device(video)
     assert seen == [expected]
+def _stop_after_epoch(monkeypatch, epoch: int) -> None:
+    """The probe is killed right after it saved the state of ``epoch``."""
+    from dinossl.eval.classification.probe_checkpoint import ProbeCheckpoint
+
+    save = ProbeCheckpoint.save
+
+    def save_then_stop(self, state):
+        save(self, state)
+        if state["epoch"] == epoch:
+            raise KeyboardInterrupt
+
+    monkeypatch.setattr(ProbeCheckpoint, "save", save_then_stop)
+
+
+def _tensors(path: Path) -> dict:
+    from safetensors.torch import load_file
+
+    return load_file(str(path))
+
+
+def test_linear_probe_saves_its_best_head_and_resumes_after_a_kill(tiny_run, cifar10_small, tmp_path, monkeypatch,
+                                                                   capsys):
+    weights = str(tiny_run / "teacher_backbone.pth")
+    args = ["eval", "linear", weights, "--data", str(cifar10_small), *SMALL, "--epochs", "3", "--batch-size", "100",
+            "--lr", "0.05"]
+    whole = tmp_path / "whole"
+    assert main(args + ["--output", str(whole)]) == 0
+    record = json.loads((whole / "results.json").read_text())
+    head_info = json.loads((whole / "linear_head.json").read_text())
+    best = record["results"]["best"]
+    assert (head_info["epoch"], head_info["top1"]) == (best["epoch"], best["top1"])
+    assert head_info["n_last_blocks"] == 2 and head_info["avgpool"] is False and head_info["classes"] == sorted(
+        p.name for p in (cifar10_small / "train").iterdir())
+    assert _tensors(whole / "linear_head.safetensors")["linear.weight"].shape == (10, 2 * 192)
+    assert not (whole / "linear_checkpoint.pth").exists()  # removed once the probe finished
+
+    killed = tmp_path / "killed"
+    _stop_after_epoch(monkeypatch, 2)
+    assert main(args + ["--output", str(killed)]) == 130
+    assert (killed / "linear_checkpoint.pth").is_file() and not (killed / "results.json").exists()
+    monkeypatch.undo()
+    assert main(args + ["--output", str(killed), "--num-workers", "0"]) == 0  # the same command resumes
+    assert "resuming from" in capsys.readouterr().err
+    resumed = json.loads((killed / "results.json").read_text())
+    assert resumed["results"]["history"] == record["results"]["history"]  # as if never stopped
+    assert all(torch.equal(a, b) for a, b in zip(_tensors(killed / "linear_head.safetensors").values(),
+                                                 _tensors(whole / "linear_head.safetensors").values()))
+
+    # Other settings in a folder that holds a checkpoint: refused, naming them; nothing changes.
+    _stop_after_epoch(monkeypatch, 1)
+    assert main(args + ["--output", str(tmp_path / "other")]) == 130
+    monkeypatch.undo()
+    capsys.readouterr()
+    assert main(args[:-1] + ["0.1", "--output", str(tmp_path / "other")]) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and "other settings (settings.base_lr)" in err[0]
+
+
+def test_evaluate_scores_a_saved_head_and_the_reference_layout(tiny_run, cifar10_small, tmp_path, capsys):
+    weights = str(tiny_run / "teacher_backbone.pth")
+    trained = tmp_path / "trained"
+    assert main(["eval", "linear", weights, "--data", str(cifar10_small), *SMALL, "--epochs", "2", "--batch-size",
+                 "100", "--cached-features", "--avgpool", "--n-last-blocks", "1", "--output", str(trained)]) == 0
+    best = json.loads((trained / "results.json").read_text())["results"]["best"]
+
+    scored = tmp_path / "scored"
+    assert main(["eval", "linear", weights, "--evaluate", str(trained), "--val", str(cifar10_small / "val"), *SMALL,
+                 "--output", str(scored)]) == 0
+    record = json.loads((scored / "results.json").read_text())
+    assert record["protocol"] == "saved linear head (no training)" and "train" not in record["data"]
+    assert (record["results"]["top1"], record["results"]["top5"]) == (best["top1"], best["top5"])
+    assert record["results"]["head_epoch"] == best["epoch"] and "val" in capsys.readouterr().out
+
+    # The same head in the reference's layout: DDP keys, [CLS]/mean-patch features interleaved.
+    head = _tensors(trained / "linear_head.safetensors")
+    w = head["linear.weight"]
+    d = w.shape[1] // 2
+    interleaved = torch.stack([w[:, :d], w[:, d:]], dim=-1).reshape(w.shape[0], 2 * d)
+    torch.save({"epoch": 2, "best_acc": 0.0, "state_dict": {"module.linear.weight": interleaved,
+                                                             "module.linear.bias": head["linear.bias"]}},
+               tmp_path / "linearweights.pth")
+    reference = tmp_path / "reference"
+    assert main(["eval", "linear", weights, "--evaluate", str(tmp_path / "linearweights.pth"), "--data",
+                 str(cifar10_small), *SMALL, "--avgpool", "--n-last-blocks", "1", "--output", str(reference)]) == 0
+    scores = json.loads((reference / "results.json").read_text())["results"]
+    assert (scores["top1"], scores["top5"]) == (best["top1"], best["top5"])
+
+    # Features the head was not trained on: one line, nothing written.
+    capsys.readouterr()
+    assert main(["eval", "linear", weights, "--evaluate", str(tmp_path / "linearweights.pth"), "--data",
+                 str(cifar10_small), *SMALL, "--n-last-blocks", "1", "--output", str(tmp_path / "bad")]) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and "reads 384 features, the backbone gives 192" in err[0]
+    assert not (tmp_path / "bad").exists()
+
+
+def test_finetune_saves_its_best_network_and_resumes_after_a_kill(tiny_run, cifar10_small, tmp_path, monkeypatch):
+    args = ["eval", "finetune", str(tiny_run / "checkpoint.pth"), "--data", str(cifar10_small), *SMALL, "--epochs",
+            "2", "--warmup-epochs", "1", "--batch-size", "100", "--model-ema-decay", "0.9"]
+    whole = tmp_path / "whole"
+    assert main(args + ["--output", str(whole)]) == 0
+    record = json.loads((whole / "results.json").read_text())
+    saved = record["results"]["saved_network"]
+    info = json.loads((whole / "finetuned.json").read_text())
+    assert (info["epoch"], info["saved"]) == (saved["epoch"], saved["network"])
+    network = _tensors(whole / "finetuned.safetensors")
+    assert network["head.weight"].shape == (10, 192) and "backbone.cls_token" in network
+    assert not (whole / "finetune_checkpoint.pth").exists()
+    # The saved network's backbone is a backbone file every command reads.
+    assert main(["eval", "knn", str(whole / "finetuned.safetensors"), "--data", str(cifar10_small), *SMALL,
+                 "--output", str(tmp_path / "knn")]) == 0
+
+    killed = tmp_path / "killed"
+    _stop_after_epoch(monkeypatch, 1)
+    assert main(args + ["--output", str(killed)]) == 130
+    monkeypatch.undo()
+    assert main(args + ["--output", str(killed)]) == 0
+    resumed = json.loads((killed / "results.json").read_text())
+    assert resumed["results"]["history"] == record["results"]["history"]
+    assert all(torch.equal(network[k], v) for k, v in _tensors(killed / "finetuned.safetensors").items())

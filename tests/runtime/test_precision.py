@@ -45,7 +45,7 @@ def test_explicit_names_and_the_cpu():
     assert not has_native_bf16(cpu)
     assert resolve_precision("auto", cpu) is None and resolve_precision("fp32", cpu) is None
     assert resolve_precision("bf16", cpu) == torch.bfloat16
-    with pytest.raises(DinoError, match="finetune.precision=fp16 needs a CUDA device"):
+    with pytest.raises(DinoError, match="finetune.precision=fp16 needs a CUDA or Apple-silicon"):
         resolve_precision("fp16", cpu, "finetune.precision")
     with pytest.raises(DinoError, match="train.precision must be one of"):
         resolve_precision("half", cpu)

@@ -21,12 +21,12 @@ from torch import nn
 from dinossl.config.merge import apply_overrides, build_dataclass, read_yaml_mapping
 from dinossl.errors import ConfigError
 from dinossl.runtime.cuda_settings import configure_cuda
-from dinossl.runtime.device import resolve_device
+from dinossl.runtime.device import DEVICE_HELP, resolve_device
 from dinossl.weights import load_backbone
 
 WEIGHTS_HELP = ("training checkpoint (checkpoint.pth), backbone file (.pth or .safetensors in the released layout), "
-                "released-model name (dino_vits16, dino_vits8, dino_vitb16, dino_vitb8, dino_resnet50) or URL")
-DEVICE_HELP = "auto (a GPU when there is one), cpu, cuda or cuda:N"
+                "released-model name (dino_vits16, dino_vits8, dino_vitb16, dino_vitb8, dino_resnet50), URL, or "
+                "hf-hub:ORG/NAME (a timm or transformers repository on the Hugging Face Hub)")
 
 
 class HelpFormatter(argparse.HelpFormatter):

@@ -17,7 +17,14 @@ from dinossl.cli.common import (
 from dinossl.eval.classification.finetune import FinetuneSettings
 from dinossl.eval.classification.knn import KnnSettings
 from dinossl.eval.classification.linear import LinearSettings
-from dinossl.eval.classification.protocols import EvalTarget, ImageSettings, run_finetune, run_knn, run_linear
+from dinossl.eval.classification.protocols import (
+    EvalTarget,
+    ImageSettings,
+    evaluate_linear_head,
+    run_finetune,
+    run_knn,
+    run_linear,
+)
 from dinossl.eval.results import summary_table
 
 IMAGE_OPTIONS = [
@@ -61,10 +68,15 @@ FINETUNE_OPTIONS = IMAGE_OPTIONS + [
     option("--label-smoothing", "finetune.label_smoothing", "label smoothing", type=float),
     option("--layer-decay", "finetune.layer_decay", "layer-wise lr decay, ViT only (1 = off; e.g. 0.65)", type=float),
     option("--drop-path", "finetune.drop_path", "stochastic depth rate", type=float),
-    option("--randaugment", "finetune.randaugment", "RandAugment(2, 9)", action=argparse.BooleanOptionalAction),
+    option("--randaugment", "finetune.randaugment", "timm RandAugment (the --auto-augment policy); off: colour "
+           "jitter", action=argparse.BooleanOptionalAction),
+    option("--auto-augment", "finetune.auto_augment", "timm RandAugment policy", metavar="POLICY"),
     option("--random-erasing", "finetune.random_erasing", "random erasing probability (0 = off)", type=float),
     option("--mixup", "finetune.mixup", "Mixup alpha (0 = off)", type=float),
     option("--cutmix", "finetune.cutmix", "CutMix alpha (0 = off)", type=float),
+    option("--model-ema", "finetune.model_ema", "keep and evaluate an EMA of the model (timm ModelEmaV3)",
+           action=argparse.BooleanOptionalAction),
+    option("--model-ema-decay", "finetune.model_ema_decay", "EMA decay per step", type=float),
     option("--clip-grad", "finetune.clip_grad", "max gradient norm (0 = off)", type=float),
     option("--eval-every", "finetune.eval_every", "epochs between evaluations", type=int),
     option("--seed", "finetune.seed", "random seed", type=int),
@@ -98,15 +110,22 @@ def register(subparsers: argparse._SubParsersAction) -> None:
 
     linear = _parser(subparsers, "linear", "linear probe on frozen features",
                      "Train one linear layer on frozen features (SGD, cosine lr); report val top-1/top-5 of the "
-                     "last and the best epoch. Writes results.json in the output folder.")
+                     "last and the best epoch. Writes results.json and the best head (linear_head.safetensors + "
+                     ".json) in the output folder; a killed probe resumes when run again on the same folder. "
+                     "With --evaluate HEAD, scores a saved head on the val images without training.")
     _inputs(linear, "linear", features_cache=True)
+    linear.add_argument("--evaluate", metavar="HEAD", default=None,
+                        help="score this saved head without training: a dino eval linear folder or "
+                        "linear_head.safetensors, or the reference's *_linearweights.pth (path or URL; give its "
+                        "--n-last-blocks/--avgpool)")
     add_settings(linear, LINEAR, LINEAR_OPTIONS)
     linear.set_defaults(func=run_linear_command)
 
     fine = _parser(subparsers, "finetune", "fine-tune the backbone with a linear classifier (DeiT recipe)",
                    "Fine-tune the whole backbone plus a linear classifier: AdamW, warm-up + cosine, label smoothing, "
-                   "Mixup/CutMix, RandAugment, stochastic depth, optional layer-wise lr decay. Writes results.json "
-                   "in the output folder.")
+                   "Mixup/CutMix, RandAugment, random erasing, stochastic depth, model EMA, optional layer-wise lr "
+                   "decay (timm's pieces). Writes results.json and the best network (finetuned.safetensors + .json) "
+                   "in the output folder; a killed run resumes when run again on the same folder.")
     _inputs(fine, "finetune", features_cache=False)
     add_settings(fine, FINETUNE, FINETUNE_OPTIONS)
     fine.set_defaults(func=run_finetune_command)
@@ -131,6 +150,8 @@ def run_knn_command(args: argparse.Namespace) -> int:
 
 def run_linear_command(args: argparse.Namespace) -> int:
     settings = read_settings(args, LINEAR, LINEAR_OPTIONS)
+    if args.evaluate is not None:
+        return _report(evaluate_linear_head(_target(args), args.evaluate, settings["images"], settings["linear"]))
     return _report(run_linear(_target(args), settings["images"], settings["linear"]))
 
 

@@ -10,8 +10,10 @@ import yaml
 from dinossl.cli.common import DEVICE_HELP, HelpFormatter
 from dinossl.config import DEFAULT_PRESET, Config, file_preset, load_config, preset_names
 from dinossl.errors import ConfigError
+from dinossl.eval.attention.training_snapshots import AttentionDuringTraining
+from dinossl.eval.classification.folder_knn_monitor import FOLDER_KNN_METRIC, FolderKnnDuringTraining
 from dinossl.eval.classification.knn_monitor import KNN_METRIC, SampleKnnDuringTraining
-from dinossl.train import train
+from dinossl.train import RunMonitor, train
 from dinossl.train.preemption import requeue_exit_status, signal_name
 
 log = logging.getLogger("dinossl")
@@ -50,14 +52,19 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     parser.set_defaults(func=run)
 
 
-def monitors_for(config: Config) -> list[SampleKnnDuringTraining]:
-    """The k-NN monitor when ``train.knn_every`` / ``train.knn_at_end`` ask for it (built-in sample only)."""
+def monitors_for(config: Config, output: str) -> list[RunMonitor]:
+    """The monitors the config asks for: k-NN on ``train.val_data`` (teacher and student) or, without
+    it, on the built-in sample (teacher; when training on it), and attention-map snapshots."""
     t = config.train
-    if not (t.knn_at_end or t.knn_every):
-        return []
-    if config.data.path is not None:
-        return []
-    return [SampleKnnDuringTraining(config, every=t.knn_every, at_end=t.knn_at_end)]
+    monitors: list[RunMonitor] = []
+    if t.val_data is not None:
+        monitors.append(FolderKnnDuringTraining(t.val_data, config.data.crops.global_size, t.knn_every, t.knn_at_end))
+    elif (t.knn_at_end or t.knn_every) and config.data.path is None:
+        monitors.append(SampleKnnDuringTraining(config, every=t.knn_every, at_end=t.knn_at_end))
+    if t.attention_every:
+        monitors.append(AttentionDuringTraining(output, config.data.crops.global_size, t.attention_every,
+                                                t.attention_images))
+    return monitors
 
 
 def run(args: argparse.Namespace) -> int:
@@ -78,9 +85,11 @@ def run(args: argparse.Namespace) -> int:
     if stop_after is not None and stop_after < 1:
         raise ConfigError(f"--stop-after-epochs: must be >= 1, got {stop_after}")
     result = train(config, output, init_from=getattr(args, "init_from", None), stop_after_epochs=stop_after,
-                   monitors=monitors_for(config))
-    if (config.train.knn_at_end or config.train.knn_every) and config.data.path is not None:
-        print(f"train.knn_at_end / knn_every use the built-in sample's labels: run `dino eval knn` for {config.data.path}")
+                   monitors=monitors_for(config, output))
+    t = config.train
+    if (t.knn_at_end or t.knn_every) and config.data.path is not None and t.val_data is None:
+        print(f"train.knn_at_end / knn_every use the built-in sample's labels: set train.val_data=FOLDER (train/ and "
+              f"val/ with class subfolders) for k-NN on your own data, or run `dino eval knn` for {config.data.path}")
     if result.preempted_by:
         print(f"stopped on {signal_name(result.preempted_by)} after step {result.steps_done}: the checkpoint in "
               f"{result.output_dir} holds it; run the same command to resume")
@@ -88,6 +97,9 @@ def run(args: argparse.Namespace) -> int:
     for record in result.reports:
         if record.get("metric") == KNN_METRIC:
             print(SampleKnnDuringTraining.summary(record))
+        elif record.get("metric") == FOLDER_KNN_METRIC:
+            print(f"k-NN top-1 (k=20, T=0.07) on {t.val_data}: teacher {record['teacher_knn_top1']:.2f}%, "
+                  f"student {record['student_knn_top1']:.2f}%")
     if result.epochs_done < config.train.epochs:
         print(f"stopped after epoch {result.epochs_done} of {config.train.epochs}; run the same command to resume")
     print(f"run folder: {result.output_dir}")

@@ -17,6 +17,7 @@ PRECISIONS = ("auto", "fp32", "bf16", "fp16")
 PHOTOMETRIC_PLACES = ("loader", "device")
 GEOMETRIC_MODES = ("per_image", "batched")
 OPTIMIZERS = ("adamw", "sgd")
+LOGGERS = ("none", "wandb", "mlflow")
 
 
 @dataclass
@@ -112,6 +113,13 @@ class TrainConfig:
     tf32: bool = True  # precision fp32 on CUDA: TF32 matmuls/convolutions (the reference's); false: IEEE fp32
     # preemption and mid-epoch resume
     checkpoint_every_steps: int = 0  # also write checkpoint.pth every N steps inside an epoch; 0: epoch ends only
+    # Keeping checkpoints and watching a run (saved probes, monitors, loggers)
+    keep_every: int = 0  # also keep every N-th epoch's checkpoint as checkpointNNNN.pth; 0: only the latest
+    val_data: Optional[str] = None  # labelled folder (train/ + val/) for the k-NN of teacher and student
+    attention_every: int = 0  # epochs between attention-map snapshots of a few fixed images (ViT); 0: never
+    attention_images: Optional[str] = None  # image folder for them; None: the built-in sample's first images
+    logger: str = "none"  # also send the run's records to: none | wandb | mlflow
+    logger_project: str = "dinossl"  # W&B project / MLflow experiment name
 
 
 @dataclass

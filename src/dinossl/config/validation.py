@@ -10,6 +10,7 @@ import torch
 from dinossl.config.schema import (
     ARCHS,
     GEOMETRIC_MODES,
+    LOGGERS,
     OPTIMIZERS,
     PHOTOMETRIC_PLACES,
     PRECISIONS,
@@ -103,3 +104,10 @@ def validate(c: Config) -> None:
     need(isinstance(t.tf32, bool), "train.tf32", f"must be true or false, got {t.tf32!r}")
     need(t.checkpoint_every_steps >= 0, "train.checkpoint_every_steps",
          f"must be >= 0, got {t.checkpoint_every_steps}")
+    need(t.keep_every >= 0, "train.keep_every", f"must be >= 0, got {t.keep_every}")
+    need(t.attention_every >= 0, "train.attention_every", f"must be >= 0, got {t.attention_every}")
+    need(t.attention_every == 0 or m.arch in VIT_ARCHS, "train.attention_every",
+         f"attention maps need a ViT, not model.arch={m.arch}")
+    need(t.logger in LOGGERS, "train.logger", f"unknown logger {t.logger!r}; choose from {', '.join(LOGGERS)}")
+    need(t.val_data is None or t.knn_every > 0 or t.knn_at_end, "train.val_data",
+         "set train.knn_every (epochs between k-NN checks) or train.knn_at_end to use it")

@@ -19,6 +19,7 @@ from torch.utils.data import DataLoader, Dataset, Subset
 
 from dinossl.data.images import ImageSource, UnreadableImage
 from dinossl.errors import DinoError
+from dinossl.models.linear_probe import probe_features
 from dinossl.runtime.distributed import DistContext
 
 log = logging.getLogger("dinossl")
@@ -55,13 +56,7 @@ class FeatureSpec:
 
     def __call__(self, backbone: nn.Module, images: torch.Tensor) -> torch.Tensor:
         """(B, 3, H, W) -> (B, D) features."""
-        if not self.uses_blocks:
-            return backbone(images)
-        layers = backbone.intermediate_layers(images, self.n_last_blocks)
-        parts = [tokens[:, 0] for tokens in layers]
-        if self.avgpool:
-            parts.append(layers[-1][:, 1:].mean(dim=1))
-        return torch.cat(parts, dim=-1)
+        return probe_features(backbone, images, self.n_last_blocks, self.avgpool)
 
 
 @torch.no_grad()

@@ -38,5 +38,7 @@ def summary_table(record: dict[str, Any]) -> str:
     if record["evaluation"] == "knn":
         rows = [(f"k={k}", v["top1"], v["top5"]) for k, v in results["knn"].items()]
         return format_table(("k-NN (T=%g)" % record["settings"]["temperature"], "top-1 %", "top-5 %"), rows)
+    if "last" not in results:  # a saved classifier, scored without training
+        return format_table((record["protocol"], "top-1 %", "top-5 %"), [("val", results["top1"], results["top5"])])
     rows = [(name, results[name]["epoch"], results[name]["top1"], results[name]["top5"]) for name in ("last", "best")]
     return format_table((record["protocol"], "epoch", "top-1 %", "top-5 %"), rows)

@@ -9,6 +9,7 @@ from dinossl.models.factory import (
     spec_of,
 )
 from dinossl.models.head import DINOHead, WeightNormLinear
+from dinossl.models.linear_probe import LinearProbe, probe_features
 from dinossl.models.multicrop import MultiCropNetwork
 from dinossl.models.resnet import ResNetBackbone, build_resnet50
 from dinossl.models.vit import VIT_SIZES, ViTBackbone, build_vit
@@ -17,6 +18,7 @@ __all__ = [
     "VIT_SIZES",
     "BackboneSpec",
     "DINOHead",
+    "LinearProbe",
     "MultiCropNetwork",
     "ResNetBackbone",
     "ViTBackbone",
@@ -26,5 +28,6 @@ __all__ = [
     "build_network",
     "build_resnet50",
     "build_vit",
+    "probe_features",
     "spec_of",
 ]

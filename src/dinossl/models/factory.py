@@ -4,7 +4,7 @@
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Optional
+from typing import Any, Optional
 
 from torch import nn
 
@@ -44,12 +44,13 @@ def backbone_spec(config: ModelConfig) -> BackboneSpec:
     return BackboneSpec(config.arch, config.patch_size, config.img_size, config.depth)
 
 
-def build_backbone(spec: BackboneSpec, drop_path_rate: float = 0.0) -> nn.Module:
-    """A randomly initialised backbone (it exposes ``embed_dim``); drop-path applies to ViTs."""
+def build_backbone(spec: BackboneSpec, drop_path_rate: float = 0.0, **options: Any) -> nn.Module:
+    """A randomly initialised backbone (it exposes ``embed_dim``); drop-path applies to ViTs;
+    ``options`` go to timm's ``VisionTransformer`` or torchvision's ``ResNet``."""
     if spec.arch == "resnet50":
-        return build_resnet50()
+        return build_resnet50(**options)
     return build_vit(spec.arch, patch_size=spec.patch_size, img_size=spec.img_size,
-                     drop_path_rate=drop_path_rate, depth=spec.depth)
+                     drop_path_rate=drop_path_rate, depth=spec.depth, **options)
 
 
 def spec_of(backbone: nn.Module) -> Optional[BackboneSpec]:

@@ -2,11 +2,14 @@
 
 from __future__ import annotations
 
+from typing import Any
+
 import torch
 from timm.models.vision_transformer import VisionTransformer
 from torch import nn
 
 from dinossl.models.position_embedding import resample_position_embeddings
+from dinossl.models.pretrained_cfg import evaluation_cfg
 
 # name -> (embed_dim, num_heads); all have depth 12 and MLP ratio 4.
 VIT_SIZES: dict[str, tuple[int, int]] = {
@@ -25,6 +28,10 @@ class ViTBackbone(VisionTransformer):
     and the position embeddings are resampled to it with the reference implementation's rule
     (:func:`~dinossl.models.position_embedding.resample_position_embeddings`) on every path:
     ``forward``, ``forward_features``, ``intermediate_layers``, ``last_selfattention``.
+
+    ``options`` go to timm's ``VisionTransformer`` (e.g. ``drop_rate``, ``num_classes``: a
+    classifier head on the [CLS] token). ``pretrained_cfg`` holds DINO's evaluation transform
+    for ``timm.data.resolve_data_config``.
     """
 
     def __init__(
@@ -35,21 +42,21 @@ class ViTBackbone(VisionTransformer):
         patch_size: int = 16,
         img_size: int = 224,
         drop_path_rate: float = 0.0,
+        **options: Any,
     ) -> None:
+        settings: dict[str, Any] = dict(mlp_ratio=4.0, qkv_bias=True, num_classes=0, global_pool="token")
         super().__init__(
             img_size=img_size,
             patch_size=patch_size,
             embed_dim=embed_dim,
             depth=depth,
             num_heads=num_heads,
-            mlp_ratio=4.0,
-            qkv_bias=True,
-            num_classes=0,
-            global_pool="token",
             dynamic_img_size=True,
             drop_path_rate=drop_path_rate,
+            **{**settings, **options},
         )
         self.patch_size = patch_size
+        self.pretrained_cfg = evaluation_cfg(img_size, num_classes=self.num_classes)
         # timm starts the [CLS] token at N(0, 1e-6); the reference, like the position embeddings,
         # at a normal of std 0.02 truncated to [-2, 2].
         nn.init.trunc_normal_(self.cls_token, std=0.02)
@@ -117,8 +124,10 @@ def build_vit(
     img_size: int = 224,
     drop_path_rate: float = 0.0,
     depth: int | None = None,
+    **options: Any,
 ) -> ViTBackbone:
-    """ViT-tiny/small/base (depth 12 unless ``depth`` is given) with the given patch size."""
+    """ViT-tiny/small/base (depth 12 unless ``depth`` is given) with the given patch size;
+    ``options`` go to timm's ``VisionTransformer``."""
     if arch not in VIT_SIZES:
         raise ValueError(f"unknown ViT {arch!r}; choose from {', '.join(VIT_SIZES)}")
     embed_dim, num_heads = VIT_SIZES[arch]
@@ -129,4 +138,5 @@ def build_vit(
         patch_size=patch_size,
         img_size=img_size,
         drop_path_rate=drop_path_rate,
+        **options,
     )

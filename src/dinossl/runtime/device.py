@@ -1,4 +1,4 @@
-"""Which device a process computes on."""
+"""Which device a process computes on: a CUDA GPU, an Apple-silicon GPU (MPS) or the CPU."""
 
 from __future__ import annotations
 
@@ -6,16 +6,32 @@ import torch
 
 from dinossl.errors import DinoError
 
-DEVICE_HELP = "auto (GPU when present), cpu, cuda, cuda:N"
+DEVICE_HELP = "auto (a CUDA GPU, else an Apple-silicon GPU (mps), else the CPU), cpu, cuda, cuda:N or mps"
+
+
+def mps_available() -> bool:
+    """Whether torch can compute on an Apple-silicon GPU here (Metal Performance Shaders)."""
+    backend = getattr(torch.backends, "mps", None)
+    return backend is not None and backend.is_available()
+
+
+def _mps_missing() -> str:
+    backend = getattr(torch.backends, "mps", None)
+    if backend is None or not backend.is_built():
+        return "this torch was built without MPS support (Apple-silicon GPUs need torch for macOS on arm64)"
+    return "no Apple-silicon GPU is available (MPS needs macOS 12.3 or newer on an M-series Mac)"
 
 
 def resolve_device(preference: str, local_rank: int = 0) -> torch.device:
-    """"auto" -> this process's GPU when there is one, else the CPU; an explicit name is checked.
+    """"auto" -> this process's CUDA GPU when there is one, else the Apple-silicon GPU (mps)
+    when there is one, else the CPU; an explicit name is checked.
 
-    Raises DinoError for a name torch does not know or a CUDA device that is not there.
+    Raises DinoError for a name torch does not know or a GPU that is not there.
     """
     if preference == "auto":
-        return torch.device(f"cuda:{local_rank}") if torch.cuda.is_available() else torch.device("cpu")
+        if torch.cuda.is_available():
+            return torch.device(f"cuda:{local_rank}")
+        return torch.device("mps") if mps_available() else torch.device("cpu")
     try:
         device = torch.device(preference)
     except (RuntimeError, TypeError) as exc:
@@ -25,6 +41,10 @@ def resolve_device(preference: str, local_rank: int = 0) -> torch.device:
             raise DinoError(f"device {preference}: no CUDA device is available")
         if device.index is None:
             device = torch.device(f"cuda:{local_rank}")
+    elif device.type == "mps":
+        if not mps_available():
+            raise DinoError(f"device {preference}: {_mps_missing()}")
+        device = torch.device("mps")
     return device
 
 

@@ -69,6 +69,9 @@ def init_distributed(device_preference: str = "auto", timeout_s: int = 600) -> D
     rank, world_size = int(os.environ["RANK"]), int(os.environ["WORLD_SIZE"])
     local_rank = int(os.environ.get("LOCAL_RANK", "0"))
     device = make_current(resolve_device(device_preference, local_rank))
+    if device.type == "mps":
+        raise DinoError("several processes on an Apple-silicon GPU (mps) are not supported: run one process "
+                        "(without torchrun), or use --device cpu")
     backend = "nccl" if device.type == "cuda" else "gloo"
     owns = not dist.is_initialized()
     if owns:

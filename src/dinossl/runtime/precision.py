@@ -23,11 +23,21 @@ def has_native_bf16(device: torch.device) -> bool:
     return major >= 8
 
 
+def mps_has_bf16(device: torch.device) -> bool:
+    """Whether the Apple-silicon GPU computes in bf16 (macOS 14 or newer): a one-element probe."""
+    try:
+        torch.ones(1, device=device, dtype=torch.bfloat16).add_(1)
+    except (RuntimeError, TypeError):
+        return False
+    return True
+
+
 def resolve_precision(precision: str, device: torch.device, setting: str = "train.precision") -> Optional[torch.dtype]:
     """Autocast dtype, or None for fp32.
 
     "auto": bf16 on GPUs with native bf16, fp16 (with a gradient scaler) on older GPUs, fp32 on
-    CPUs. fp16 needs a CUDA device. ``setting`` names the field in error messages.
+    CPUs and on Apple-silicon GPUs (mps). fp16 needs a CUDA or an Apple-silicon GPU; bf16 on an
+    Apple-silicon GPU needs macOS 14 or newer. ``setting`` names the field in error messages.
     """
     if precision not in PRECISIONS:
         raise DinoError(f"{setting} must be one of {', '.join(PRECISIONS)}, got {precision!r}")
@@ -37,6 +47,8 @@ def resolve_precision(precision: str, device: torch.device, setting: str = "trai
         if device.type != "cuda":
             return None
         return torch.bfloat16 if has_native_bf16(device) else torch.float16
-    if precision == "fp16" and device.type != "cuda":
-        raise DinoError(f"{setting}=fp16 needs a CUDA device; use bf16 or fp32 on the CPU")
+    if precision == "fp16" and device.type not in ("cuda", "mps"):
+        raise DinoError(f"{setting}=fp16 needs a CUDA or Apple-silicon (mps) GPU; use bf16 or fp32 on the CPU")
+    if precision == "bf16" and device.type == "mps" and not mps_has_bf16(device):
+        raise DinoError(f"{setting}=bf16: this Apple-silicon GPU has no bf16 (macOS 14 or newer); use fp16 or fp32")
     return torch.bfloat16 if precision == "bf16" else torch.float16

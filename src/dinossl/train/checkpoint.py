@@ -31,6 +31,7 @@ from dinossl.train.distiller import Distiller
 from dinossl.weights import write_backbone
 
 CHECKPOINT_NAME = "checkpoint.pth"
+KEPT_CHECKPOINT = "checkpoint{epoch:04d}.pth"  # train.keep_every: the reference's saveckp_freq names
 EXPORT_STEM = "teacher_backbone"
 EXPORT_FORMATS = ("pth", "safetensors")
 

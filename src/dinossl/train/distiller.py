@@ -140,5 +140,5 @@ def build_distiller(config: Config, ctx: DistContext, num_teacher_views: int,
                        num_teacher_views).to(ctx.device)
     optimizer = build_optimizer(student, config.optim)
     amp_dtype = resolve_precision(config.train.precision, ctx.device)
-    scaler = torch.amp.GradScaler("cuda", enabled=amp_dtype == torch.float16)
+    scaler = torch.amp.GradScaler(ctx.device.type, enabled=amp_dtype == torch.float16)
     return Distiller(student, teacher, loss_fn, optimizer, scaler, amp_dtype, config.optim.clip_grad, student_forward)

@@ -30,6 +30,12 @@ RUNTIME_FIELDS = frozenset(
         "train.batch_size_per_process",
         "train.tf32",  # how a CUDA device rounds fp32 products, like train.device
         "train.checkpoint_every_steps",
+        "train.keep_every",
+        "train.val_data",
+        "train.attention_every",
+        "train.attention_images",
+        "train.logger",
+        "train.logger_project",
     }
 )
 

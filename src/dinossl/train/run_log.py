@@ -14,7 +14,10 @@ import math
 from pathlib import Path
 from typing import Any, Optional
 
+import numpy as np
+
 from dinossl.optional import available, require
+from dinossl.train.experiment_loggers import Tracker
 
 log = logging.getLogger("dinossl")
 
@@ -54,15 +57,17 @@ class RunLog:
     """Appends one JSON object per record to ``log.jsonl`` and mirrors numbers to TensorBoard.
 
     Records have a ``kind``: ``step`` (every ``train.log_every`` steps), ``epoch``,
-    ``warning`` or ``result``. Disabled (a no-op) on ranks other than 0.
+    ``warning``, ``knn`` or ``result``. Disabled (a no-op) on ranks other than 0. A ``tracker``
+    (W&B, MLflow) also gets every record and picture.
     """
 
     def __init__(self, output_dir: str | Path, enabled: bool = True, tensorboard: bool = True,
-                 purge_step: Optional[int] = None) -> None:
+                 purge_step: Optional[int] = None, tracker: Optional[Tracker] = None) -> None:
         """``purge_step``: TensorBoard hides this run's earlier events from that step on (a
-        resumed run's re-computed steps)."""
+        resumed run's re-computed steps). ``tracker``: W&B or MLflow, which also get every record."""
         self.enabled = enabled
         self.path = Path(output_dir) / LOG_NAME
+        self.tracker = tracker if enabled else None
         self._writer = None
         if enabled:
             self.path.parent.mkdir(parents=True, exist_ok=True)
@@ -85,6 +90,17 @@ class RunLog:
                     continue
                 if math.isfinite(value):
                     self._writer.add_scalar(f"{kind}/{key}", value, x)
+        if self.tracker is not None:
+            self.tracker.log(record)
+
+    def image(self, name: str, picture: np.ndarray, epoch: int) -> None:
+        """A (H, W, 3) uint8 picture to TensorBoard and the tracker (the caller writes its PNG)."""
+        if not self.enabled:
+            return
+        if self._writer is not None:
+            self._writer.add_image(name, picture, epoch, dataformats="HWC")
+        if self.tracker is not None:
+            self.tracker.log_image(name, picture, epoch)
 
     def position(self) -> int:
         """The length of ``log.jsonl`` in bytes (0 before the first record)."""
@@ -101,3 +117,6 @@ class RunLog:
         if self._writer is not None:
             self._writer.close()
             self._writer = None
+        if self.tracker is not None:
+            self.tracker.close()
+            self.tracker = None

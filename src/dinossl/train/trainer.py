@@ -47,6 +47,7 @@ from dinossl.runtime.distributed import (
 from dinossl.runtime.precision import resolve_precision
 from dinossl.train.checkpoint import (
     CHECKPOINT_NAME,
+    KEPT_CHECKPOINT,
     export_teacher_backbone,
     remove_interrupted_writes,
     restore_training_state,
@@ -55,6 +56,7 @@ from dinossl.train.checkpoint import (
 )
 from dinossl.train.distiller import Distiller, build_distiller
 from dinossl.train.preemption import PreemptionSignals, signal_name
+from dinossl.train.experiment_loggers import check_tracker, open_tracker
 from dinossl.train.run_folder import check_run_folder, write_run_config
 from dinossl.train.run_log import RunLog, rewind_log
 from dinossl.train.step_stats import StepStats
@@ -64,10 +66,12 @@ log = logging.getLogger("dinossl")
 
 @dataclass(frozen=True)
 class MonitorReport:
-    """What a monitor found: a record for ``log.jsonl`` (with its ``kind``) and an optional console line."""
+    """What a monitor found: a record for ``log.jsonl`` (with its ``kind``), an optional console
+    line, and pictures ((H, W, 3) uint8 by name) for TensorBoard and the tracker."""
 
     record: dict[str, Any]
     message: Optional[str] = None
+    pictures: dict[str, Any] = field(default_factory=dict)
 
 
 class RunMonitor(Protocol):
@@ -152,6 +156,7 @@ def build_run(config: Config, output_dir: str | Path, init_from: Optional[str] =
         remove_interrupted_writes(output_dir)
         # the steps after the checkpoint are computed again: their records go
         rewind_log(output_dir, checkpoint.get("log_position") if checkpoint is not None else 0)
+    check_tracker(config.train.logger)  # a missing tracker package stops the run before anything is written
 
     recipe = CropRecipe.from_config(config.data.crops)
     tcfg = config.train
@@ -166,8 +171,8 @@ def build_run(config: Config, output_dir: str | Path, init_from: Optional[str] =
     run = TrainingRun(
         config=config, ctx=ctx, output_dir=output_dir, recipe=recipe, data=data, distiller=distiller,
         schedules=schedules,
-        run_log=RunLog(output_dir, enabled=ctx.is_main,
-                       purge_step=int(checkpoint.get("step", 0)) + 1 if checkpoint is not None else None),
+        run_log=_run_log(config, output_dir, ctx,
+                         purge_step=int(checkpoint.get("step", 0)) + 1 if checkpoint is not None else None),
         collapse=CollapseMonitor(out_dim=config.model.out_dim),
     )
     o = config.optim
@@ -185,6 +190,18 @@ def build_run(config: Config, output_dir: str | Path, init_from: Optional[str] =
     elif ctx.is_main:
         write_run_config(output_dir, config)
     return run
+
+
+def _run_log(config: Config, output_dir: Path, ctx: DistContext, purge_step: Optional[int] = None) -> RunLog:
+    """The run's log, mirrored to the tracker ``train.logger`` names (main process only);
+    ``purge_step``: TensorBoard hides the resumed steps' earlier events from there on."""
+    tracker = None
+    if ctx.is_main:
+        tracker = open_tracker(config.train.logger, config.train.logger_project, output_dir, config.to_dict())
+        if tracker is None:
+            log.info("W&B / MLflow logging is off: pip install 'dinossl[wandb]' (or [mlflow]) and set "
+                     "train.logger=wandb (or mlflow)")
+    return RunLog(output_dir, enabled=ctx.is_main, purge_step=purge_step, tracker=tracker)
 
 
 def _resume(run: TrainingRun, checkpoint: dict[str, Any]) -> None:
@@ -358,6 +375,8 @@ def _report(run: TrainingRun, report: Optional[MonitorReport], progress: Optiona
     if report is None:
         return
     run.run_log.write(report.record)
+    for name, picture in report.pictures.items():
+        run.run_log.image(name, picture, int(report.record.get("epoch", 0)))
     if report.message:
         (progress.write if progress is not None else log.info)(report.message)
 
@@ -402,6 +421,8 @@ def _train(run: TrainingRun, stop_after_epochs: Optional[int], monitors: Sequenc
                 state = training_state(run.distiller, cfg, epoch + 1, run.steps_per_epoch, ctx.world_size,
                                        run.global_batch, log_position=run.run_log.position())
                 save_checkpoint(state, run.output_dir / CHECKPOINT_NAME)
+                if cfg.train.keep_every and (epoch + 1) % cfg.train.keep_every == 0:
+                    save_checkpoint(state, run.output_dir / KEPT_CHECKPOINT.format(epoch=epoch + 1))
                 for monitor in monitors:
                     _report(run, monitor.after_epoch(epoch + 1, run.distiller), progress)
             barrier()

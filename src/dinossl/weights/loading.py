@@ -5,7 +5,7 @@ holds when it is not the model's."""
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Optional
+from typing import Any, Optional
 
 import torch
 from torch import nn
@@ -99,13 +99,15 @@ def _materialise(build, state: dict[str, torch.Tensor], source: str, context: st
     return module
 
 
-def load_backbone(path: str | Path, which: str = "teacher", spec: Optional[BackboneSpec] = None) -> nn.Module:
+def load_backbone(path: str | Path, which: str = "teacher", spec: Optional[BackboneSpec] = None,
+                  **options: Any) -> nn.Module:
     """A backbone (in eval mode) built for and loaded from ``path``; the architecture is inferred
-    from the tensors unless ``spec`` is given."""
+    from the tensors unless ``spec`` is given. ``options`` go to the backbone's constructor
+    (:func:`~dinossl.models.build_backbone`, e.g. ``drop_path_rate``)."""
     state = read_backbone_state(path, which)
     file_spec = _try_infer(state)
     spec = spec or file_spec or infer_spec(state)
-    backbone = _materialise(lambda: build_backbone(spec), state, str(path), _mismatch(file_spec, spec))
+    backbone = _materialise(lambda: build_backbone(spec, **options), state, str(path), _mismatch(file_spec, spec))
     return backbone.eval()
 
 

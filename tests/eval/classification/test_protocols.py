@@ -30,7 +30,7 @@ def test_the_process_group_is_destroyed_on_every_exit(tmp_path, monkeypatch, fai
     monkeypatch.setattr(protocols, "load_backbone", lambda *args, **kwargs: nn.Identity())
     monkeypatch.setattr(protocols, "describe_backbone", lambda backbone: {})
 
-    def body(backbone, splits, ctx, cache):
+    def body(backbone, splits, ctx, cache, folder):
         assert dist.is_initialized()
         if fails:
             raise DataError("unreadable split")

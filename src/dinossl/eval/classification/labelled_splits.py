@@ -70,3 +70,32 @@ def open_splits(
         detail = f"only in train: {only_train[:5]}, only in val: {only_val[:5]}" if only_train or only_val else "different order"
         raise DataError(f"train and val class folders differ ({detail}): {train_path} vs {val_path}")
     return splits
+
+
+@dataclass(frozen=True)
+class ValSplit:
+    """A labelled val folder alone (scoring a saved classifier needs no training images)."""
+
+    val: ImageFolder
+
+    @property
+    def classes(self) -> list[str]:
+        return self.val.classes
+
+    def describe(self) -> dict[str, Any]:
+        return {"val": str(self.val.root.resolve()), "val_images": len(self.val), "classes": len(self.classes)}
+
+
+def open_val(data: Optional[str | Path] = None, val: Optional[str | Path] = None) -> ValSplit:
+    """The val folder: ``data``'s ``val/`` (or ``test/``), or ``val``; labelled (DataError otherwise)."""
+    if data is not None and val is not None:
+        raise DinoError("give either a data folder (with val/) or --val, not both")
+    if data is not None:
+        root = Path(data)
+        found = next((root / name for name in VAL_NAMES if (root / name).is_dir()), None)
+        if found is None:
+            raise DataError(f"{root} must hold a val/ (or test/) folder with class subfolders")
+        return ValSplit(_labelled_folder(found, "val"))
+    if val is None:
+        raise DinoError("give a data folder (with val/) or --val")
+    return ValSplit(_labelled_folder(Path(val), "val"))

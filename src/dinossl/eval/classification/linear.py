@@ -23,7 +23,7 @@ from torchvision.transforms import InterpolationMode, v2
 
 from dinossl.data.augment import IMAGENET_MEAN, IMAGENET_STD
 from dinossl.eval.features import FeatureSpec
-from dinossl.eval.classification.supervised import accuracy, set_loader_epoch
+from dinossl.eval.classification.supervised import accuracy, seed_epoch, set_loader_epoch
 from dinossl.eval.validation import require_non_negative, require_positive
 from dinossl.objective.schedules import cosine_schedule, scaled_lr
 from dinossl.runtime.distributed import DistContext
@@ -115,6 +115,16 @@ def tensor_batches(features: torch.Tensor, labels: torch.Tensor, batch_size: int
         yield features[start:start + batch_size], labels[start:start + batch_size]
 
 
+@dataclass
+class EpochEnd:
+    """What a probe hands its ``on_epoch`` callback after each epoch: the state to resume from
+    (``state``) and, when this epoch is the best so far, the best network's state dict."""
+
+    epoch: int
+    state: dict[str, Any]
+    best: Optional[dict[str, torch.Tensor]] = None
+
+
 def train_linear_classifier(
     train_batches: Callable[[int], Iterable[Batch]],
     steps_per_epoch: int,
@@ -124,6 +134,8 @@ def train_linear_classifier(
     settings: LinearSettings,
     device: torch.device | str = "cpu",
     ctx: Optional[DistContext] = None,
+    resume: Optional[dict[str, Any]] = None,
+    on_epoch: Optional[Callable[[EpochEnd], None]] = None,
 ) -> tuple[LinearClassifier, list[dict[str, Any]]]:
     """Train a linear classifier; evaluate it on the (M, D) val features.
 
@@ -132,6 +144,9 @@ def train_linear_classifier(
             process's share under torchrun: gradients are averaged over processes).
         steps_per_epoch: batches per epoch, for the cosine schedule.
         val_features, val_labels: (M, D) and (M,), evaluated whole on every process.
+        resume: an :class:`EpochEnd` ``state`` saved before: training goes on after its epoch,
+            drawing what an uninterrupted run draws (every epoch is seeded by :func:`seed_epoch`).
+        on_epoch: called after every epoch (to save the state and the best classifier).
 
     Returns:
         the classifier and one record per epoch (epoch, train_loss, lr, and top1/top5 in
@@ -147,8 +162,14 @@ def train_linear_classifier(
     schedule = cosine_schedule(settings.lr, 0.0, settings.epochs, max(steps_per_epoch, 1))
     val_features, val_labels = val_features.to(device), val_labels.to(device)
     history: list[dict[str, Any]] = []
-    step = 0
-    for epoch in range(settings.epochs):
+    step, start, best_top1 = 0, 0, -1.0
+    if resume is not None:
+        classifier.load_state_dict(resume["network"])
+        optimizer.load_state_dict(resume["optimizer"])
+        start, step, history = int(resume["epoch"]), int(resume["step"]), list(resume["history"])
+        best_top1 = float(resume["best_top1"])
+    for epoch in range(start, settings.epochs):
+        seed_epoch(settings.seed, epoch, ctx.rank if ctx is not None else 0)
         classifier.train()
         loss_sum, batches = torch.zeros((), device=device), 0
         lr = float(schedule[min(step, len(schedule) - 1)])
@@ -163,10 +184,18 @@ def train_linear_classifier(
             loss_sum += loss.detach()
             batches, step = batches + 1, step + 1
         entry: dict[str, Any] = {"epoch": epoch + 1, "train_loss": loss_sum.item() / max(batches, 1), "lr": lr}
+        improved = False
         if (epoch + 1) % settings.eval_every == 0 or epoch + 1 == settings.epochs:
             classifier.eval()
             entry.update(accuracy(classifier, tensor_batches(val_features, val_labels, 4096), device))
             log.info("linear epoch %d/%d: loss %.4f, top-1 %.2f%%, top-5 %.2f%%", epoch + 1, settings.epochs,
                      entry["train_loss"], entry["top1"], entry["top5"])
+            improved = entry["top1"] > best_top1  # strictly: the earliest best epoch is kept
+            best_top1 = max(best_top1, entry["top1"])
         history.append(entry)
+        if on_epoch is not None:
+            network = {k: v.detach().cpu().clone() for k, v in classifier.state_dict().items()}
+            state = {"network": network, "optimizer": optimizer.state_dict(), "epoch": epoch + 1, "step": step,
+                     "history": history, "best_top1": best_top1}
+            on_epoch(EpochEnd(epoch + 1, state, network if improved else None))
     return classifier.eval(), history

@@ -30,15 +30,20 @@ from dinossl.eval.classification.finetune import (
     finetune_train_transform,
 )
 from dinossl.eval.classification.knn import KnnSettings, knn_hits
-from dinossl.eval.classification.labelled_splits import LabelledSplits, open_splits
+from dinossl.eval.classification.labelled_splits import LabelledSplits, open_splits, open_val
 from dinossl.eval.classification.linear import (
+    EpochEnd,
     LinearSettings,
     frozen_feature_batches,
     linear_train_transform,
     loader_batches,
+    tensor_batches,
     train_linear_classifier,
 )
+from dinossl.eval.classification.probe_checkpoint import ProbeCheckpoint
+from dinossl.eval.classification.saved_probes import BestHeadWriter, BestNetworkWriter, resume_state
 from dinossl.eval.classification.supervised import (
+    accuracy,
     evaluation_loader,
     summarise,
     training_loader,
@@ -53,7 +58,7 @@ from dinossl.eval.features import (
 )
 from dinossl.eval.results import write_results
 from dinossl.eval.validation import require_non_negative, require_positive
-from dinossl.outputs import default_output_folder, usable_output_folder
+from dinossl.outputs import check_writable, default_output_folder, usable_output_folder
 from dinossl.runtime.cuda_settings import configure_cuda
 from dinossl.runtime.device import resolve_device
 from dinossl.runtime.distributed import (
@@ -64,12 +69,14 @@ from dinossl.runtime.distributed import (
     shutdown_distributed,
 )
 from dinossl.weights import load_backbone
+from dinossl.weights.linear_head import read_linear_head
 
 log = logging.getLogger("dinossl")
 
 LINEAR_AUGMENTED = "linear probe (RandomResizedCrop + flip)"
 LINEAR_CACHED = "linear probe on cached center-crop features (no augmentation)"
-FINETUNE = "fine-tuning (DeiT-style)"
+FINETUNE = "fine-tuning (DeiT recipe on timm)"
+LINEAR_SAVED = "saved linear head (no training)"
 KNN = "weighted k-NN"
 RESULTS_NAME = "results.json"
 
@@ -157,9 +164,11 @@ def knn_protocol(
 def linear_protocol(
     backbone: nn.Module, splits: LabelledSplits, images: ImageSettings, settings: LinearSettings,
     spec: FeatureSpec, ctx: DistContext, cache: Optional[FeatureCache] = None,
+    resume: Optional[dict[str, Any]] = None, on_epoch: Optional[Callable[[EpochEnd], None]] = None,
 ) -> dict[str, Any]:
     """Train a linear classifier on frozen ``spec`` features of train; evaluate on val's center
-    crops. ``settings.cached``: train on center-crop features too (no augmentation)."""
+    crops. ``settings.cached``: train on center-crop features too (no augmentation). ``resume``
+    and ``on_epoch``: see :func:`~dinossl.eval.classification.linear.train_linear_classifier`."""
     spec.check(backbone)
     backbone.eval()
     val_features, val_labels = split_features("val", splits.val, backbone, spec, images, ctx, cache)
@@ -173,24 +182,28 @@ def linear_protocol(
         loader = training_loader(dataset, settings.batch_size, ctx, seed=settings.seed, num_workers=images.num_workers)
         batches = frozen_feature_batches(backbone, spec, loader, ctx.device)
     _, history = train_linear_classifier(batches, len(loader), val_features, val_labels, len(splits.classes),
-                                         settings, device=ctx.device, ctx=ctx)
+                                         settings, device=ctx.device, ctx=ctx, resume=resume, on_epoch=on_epoch)
     return {**summarise(history), "feature_dim": int(val_features.shape[1]), "history": history}
 
 
 def finetune_protocol(
     backbone: nn.Module, splits: LabelledSplits, images: ImageSettings, settings: FinetuneSettings, ctx: DistContext,
+    resume: Optional[dict[str, Any]] = None, on_epoch: Optional[Callable[[EpochEnd], None]] = None,
 ) -> dict[str, Any]:
-    """Fine-tune ``backbone`` (modified in place) with a new linear classifier; val top-1/top-5."""
+    """Fine-tune ``backbone`` (modified in place) with a new linear classifier; val top-1/top-5.
+    ``resume`` and ``on_epoch``: see :func:`~dinossl.eval.classification.finetune.finetune`."""
     dim = feature_dim(backbone, FeatureSpec(), images.crop, ctx.device)
     torch.manual_seed(settings.seed)
     model = FinetuneModel(backbone, dim, len(splits.classes)).to(ctx.device)
-    train_set = TransformedImages(splits.train, finetune_train_transform(images.crop, settings.randaugment,
-                                                                         settings.random_erasing))
+    train_set = TransformedImages(splits.train, finetune_train_transform(images.crop, settings))
     val_set = TransformedImages(splits.val, evaluation_transform(images.resize, images.crop))
     train_loader = training_loader(train_set, settings.batch_size, ctx, seed=settings.seed, num_workers=images.num_workers)
     val_loader = evaluation_loader(val_set, images.batch_size, ctx, num_workers=images.num_workers)
-    history = finetune(model, train_loader, val_loader, len(splits.classes), settings, device=ctx.device, ctx=ctx)
-    return {**summarise(history), "history": history}
+    history = finetune(model, train_loader, val_loader, len(splits.classes), settings, device=ctx.device, ctx=ctx,
+                       resume=resume, on_epoch=on_epoch)
+    saved = next((entry for entry in reversed(history) if "saved" in entry), None)
+    network = {"epoch": saved["epoch"], "network": saved["saved"]} if saved is not None else None
+    return {**summarise(history), "saved_network": network, "history": history}
 
 
 @dataclass(frozen=True)
@@ -230,18 +243,30 @@ class EvalTarget:
         return default_output_folder(f"eval-{evaluation}", self.weights, data, self.which)
 
 
-Body = Callable[[nn.Module, LabelledSplits, DistContext, Optional[FeatureCache]], tuple[str, dict, dict]]
+Body = Callable[[nn.Module, Any, DistContext, Optional[FeatureCache], Path], tuple[str, dict, dict]]
 
 
-def _run(target: EvalTarget, evaluation: str, images: ImageSettings, body: Body) -> Optional[dict[str, Any]]:
+def _probe_identity(target: EvalTarget, evaluation: str, data: Any, images: ImageSettings,
+                    settings: Any) -> dict[str, Any]:
+    """What a probe checkpoint must match to be resumed (the number of loader processes may change)."""
+    image_settings = {k: v for k, v in asdict(images).items() if k != "num_workers"}
+    return {"evaluation": evaluation, "weights": target.weights_identity(), "data": data.describe(),
+            "images": image_settings, "settings": asdict(settings)}
+
+
+def _run(target: EvalTarget, evaluation: str, images: ImageSettings, body: Body, resumable: bool = False,
+         open_data: Optional[Callable[[], Any]] = None) -> Optional[dict[str, Any]]:
     """Checks (every process, before any collective), then ``body``, then the results file.
+    A ``resumable`` evaluation may use a folder that holds its checkpoint (it resumes there).
     Returns the results record on the main process, None on the others."""
     if target.which not in ("teacher", "student"):
         raise DinoError(f"which must be teacher or student, got {target.which!r}")
-    folder = usable_output_folder(target.output_folder(evaluation), target.overwrite)
+    folder = target.output_folder(evaluation)
+    resuming = resumable and (folder / f"{evaluation}_checkpoint.pth").is_file()
+    folder = check_writable(folder) if resuming else usable_output_folder(folder, target.overwrite)
     output = folder / RESULTS_NAME
     resolve_device(target.device)  # a bad --device is reported before any download
-    splits = open_splits(target.data, target.train, target.val)
+    splits = open_data() if open_data is not None else open_splits(target.data, target.train, target.val)
     backbone = load_backbone(target.weights, which=target.which)
     images.check(backbone)
     owns_group = not (dist.is_available() and dist.is_initialized())
@@ -253,7 +278,7 @@ def _run(target: EvalTarget, evaluation: str, images: ImageSettings, body: Body)
         if target.features_dir is not None:
             cache = FeatureCache(Path(target.features_dir), target.weights_identity())
         start = time.perf_counter()
-        protocol, settings, results = body(backbone, splits, ctx, cache)
+        protocol, settings, results = body(backbone, splits, ctx, cache, folder)
         record = {
             "evaluation": evaluation, "protocol": protocol,
             "weights": {"path": str(target.local_weights.resolve()) if target.local_weights else str(target.weights),
@@ -263,7 +288,7 @@ def _run(target: EvalTarget, evaluation: str, images: ImageSettings, body: Body)
             "wall_s": round(time.perf_counter() - start, 1),
         }
         if ctx.is_main:
-            write_results(output, record, overwrite=target.overwrite)
+            write_results(output, record, overwrite=target.overwrite or resuming)
             log.info("results written to %s", output)
         barrier()
         return record if ctx.is_main else None
@@ -275,7 +300,7 @@ def _run(target: EvalTarget, evaluation: str, images: ImageSettings, body: Body)
 def run_knn(target: EvalTarget, images: ImageSettings = ImageSettings(),
             settings: KnnSettings = KnnSettings()) -> Optional[dict[str, Any]]:
     """``dino eval knn``: weighted k-NN of the backbone's output features."""
-    def body(backbone, splits, ctx, cache):
+    def body(backbone, splits, ctx, cache, folder):
         results = knn_protocol(backbone, splits, images, settings, ctx, cache)
         return KNN, {**asdict(images), **asdict(settings), "features": "backbone output (ViT: CLS), L2-normalised"}, results
 
@@ -284,21 +309,75 @@ def run_knn(target: EvalTarget, images: ImageSettings = ImageSettings(),
 
 def run_linear(target: EvalTarget, images: ImageSettings = ImageSettings(),
                settings: LinearSettings = LinearSettings()) -> Optional[dict[str, Any]]:
-    """``dino eval linear``: linear probe on frozen features (see :func:`default_spec`)."""
-    def body(backbone, splits, ctx, cache):
+    """``dino eval linear``: linear probe on frozen features (see :func:`default_spec`). The best
+    head goes to ``linear_head.safetensors`` + ``.json``; a killed probe resumes in its folder."""
+    def body(backbone, splits, ctx, cache, folder):
         spec = default_spec(backbone, settings.n_last_blocks, settings.avgpool)
-        results = linear_protocol(backbone, splits, images, settings, spec, ctx, cache)
+        checkpoint = ProbeCheckpoint.in_folder(folder, "linear", _probe_identity(target, "linear", splits, images,
+                                                                               settings), writer=ctx.is_main)
+        resume = resume_state(checkpoint, target.overwrite)
+        info = {"classes": splits.classes, "resize": images.resize, "crop": images.crop,
+                "weights": {"source": str(target.weights), "which": target.which},
+                "protocol": LINEAR_CACHED if settings.cached else LINEAR_AUGMENTED}
+        writer = BestHeadWriter(folder, checkpoint, spec.n_last_blocks, spec.avgpool, info)
+        results = linear_protocol(backbone, splits, images, settings, spec, ctx, cache, resume, writer)
+        checkpoint.remove()
         recorded = {**asdict(images), **asdict(settings), "lr": settings.lr, **asdict(spec)}
         return (LINEAR_CACHED if settings.cached else LINEAR_AUGMENTED), recorded, results
 
-    return _run(target, "linear", images, body)
+    return _run(target, "linear", images, body, resumable=True)
+
+
+def evaluate_linear_head(target: EvalTarget, head_source: str | Path, images: ImageSettings = ImageSettings(),
+                         settings: LinearSettings = LinearSettings()) -> Optional[dict[str, Any]]:
+    """``dino eval linear --evaluate HEAD``: top-1/top-5 of a saved linear head (a ``dino eval
+    linear`` folder or file, or the reference's ``*_linearweights.pth``) on the val folder's
+    center crops, without training. The head's recorded features win; a reference head reads
+    the features ``settings`` describe."""
+    if target.train is not None:
+        raise DinoError("--evaluate scores the val images only; give --data or --val, not --train")
+
+    def body(backbone, val, ctx, cache, folder):
+        spec = default_spec(backbone, settings.n_last_blocks, settings.avgpool)
+        head = read_linear_head(head_source, settings.n_last_blocks, settings.avgpool or None)
+        if head.info.get("layout") == "reference":
+            head = read_linear_head(head_source, spec.n_last_blocks, spec.avgpool)
+        spec = FeatureSpec(head.n_last_blocks, head.avgpool)
+        spec.check(backbone)
+        classes = head.info.get("classes")
+        if classes is not None and list(classes) != val.classes:
+            raise DinoError(f"{head_source} was trained on the classes {classes[:5]}..., the val folder has "
+                            f"{val.classes[:5]}...")
+        if head.num_classes != len(val.classes):
+            raise DinoError(f"{head_source} has {head.num_classes} classes, the val folder {len(val.classes)}")
+        dim = feature_dim(backbone, spec, images.crop, ctx.device)
+        if dim != head.feature_dim:
+            raise DinoError(f"{head_source} reads {head.feature_dim} features, the backbone gives {dim} "
+                            f"(n_last_blocks={spec.n_last_blocks}, avgpool={spec.avgpool})")
+        features, labels = split_features("val", val.val, backbone, spec, images, ctx, cache)
+        linear = nn.Linear(head.feature_dim, head.num_classes).to(ctx.device)
+        linear.load_state_dict({"weight": head.weight, "bias": head.bias})
+        scores = accuracy(linear, tensor_batches(features.to(ctx.device), labels.to(ctx.device), 4096), ctx.device)
+        results = {**scores, "feature_dim": head.feature_dim, "head": str(head_source),
+                   "head_epoch": head.info.get("epoch")}
+        return LINEAR_SAVED, {**asdict(images), **asdict(spec)}, results
+
+    return _run(target, "linear", images, body, open_data=lambda: open_val(target.data, target.val))
 
 
 def run_finetune(target: EvalTarget, images: ImageSettings = ImageSettings(),
                  settings: FinetuneSettings = FinetuneSettings()) -> Optional[dict[str, Any]]:
-    """``dino eval finetune``: fine-tune the whole backbone with a linear classifier."""
-    def body(backbone, splits, ctx, cache):
-        results = finetune_protocol(backbone, splits, images, settings, ctx)
+    """``dino eval finetune``: fine-tune the whole backbone with a linear classifier. The best
+    network goes to ``finetuned.safetensors`` + ``.json``; a killed run resumes in its folder."""
+    def body(backbone, splits, ctx, cache, folder):
+        checkpoint = ProbeCheckpoint.in_folder(folder, "finetune", _probe_identity(target, "finetune", splits, images,
+                                                                                   settings), writer=ctx.is_main)
+        resume = resume_state(checkpoint, target.overwrite)
+        info = {"classes": splits.classes, "resize": images.resize, "crop": images.crop,
+                "weights": {"source": str(target.weights), "which": target.which}, "protocol": FINETUNE}
+        results = finetune_protocol(backbone, splits, images, settings, ctx, resume,
+                                    BestNetworkWriter(folder, checkpoint, info))
+        checkpoint.remove()
         return FINETUNE, {**asdict(images), **asdict(settings), "lr": settings.lr}, results
 
-    return _run(target, "finetune", images, body)
+    return _run(target, "finetune", images, body, resumable=True)

@@ -3,10 +3,12 @@ shard across processes, top-1/top-5 counting, and the per-epoch record."""
 
 from __future__ import annotations
 
-from typing import Any, Callable, Iterable, Optional
+import random
+from typing import Any, Callable, Iterable, Iterator, Optional
 
+import numpy as np
 import torch
-from torch.utils.data import DataLoader, Dataset, DistributedSampler, RandomSampler, Subset
+from torch.utils.data import DataLoader, Dataset, DistributedSampler, Sampler, Subset
 
 from dinossl.eval.features import collate_indexed, shard_indices
 from dinossl.runtime.distributed import DistContext, all_reduce
@@ -17,28 +19,56 @@ def per_process_batch(global_batch: int, ctx: DistContext) -> int:
     return max(1, global_batch // ctx.world_size)
 
 
+class EpochShuffle(Sampler[int]):
+    """A seeded random order of ``size`` items per epoch (``set_epoch``), the same whatever ran
+    before: a resumed probe draws the order an uninterrupted one draws."""
+
+    def __init__(self, size: int, seed: int) -> None:
+        self.size, self.seed, self.epoch = size, seed, 0
+
+    def set_epoch(self, epoch: int) -> None:
+        self.epoch = epoch
+
+    def __iter__(self) -> Iterator[int]:
+        generator = torch.Generator().manual_seed(self.seed * 1_000_003 + self.epoch)
+        return iter(torch.randperm(self.size, generator=generator).tolist())
+
+    def __len__(self) -> int:
+        return self.size
+
+
 def training_loader(
     dataset: Dataset, global_batch: int, ctx: DistContext, seed: int, num_workers: int = 0,
     collate: Optional[Callable] = collate_indexed,
 ) -> DataLoader:
     """Shuffled (seeded; a new order each epoch via ``set_epoch`` on the sampler), this
-    process's share under torchrun, incomplete last batch dropped when there is a full one."""
+    process's share under torchrun, incomplete last batch dropped when there is a full one.
+    Workers start anew each epoch, seeded from the generator :func:`seed_epoch` sets."""
     batch = per_process_batch(global_batch, ctx)
     if ctx.distributed:
-        sampler = DistributedSampler(dataset, num_replicas=ctx.world_size, rank=ctx.rank, shuffle=True, seed=seed)
+        sampler: Sampler = DistributedSampler(dataset, num_replicas=ctx.world_size, rank=ctx.rank, shuffle=True,
+                                              seed=seed)
     else:
-        sampler = RandomSampler(dataset, generator=torch.Generator().manual_seed(seed))
+        sampler = EpochShuffle(len(dataset), seed)
     return DataLoader(
         dataset, batch_size=batch, sampler=sampler, drop_last=len(dataset) >= batch * ctx.world_size,
-        num_workers=num_workers, collate_fn=collate, persistent_workers=num_workers > 0,
-        pin_memory=ctx.device.type == "cuda",
+        num_workers=num_workers, collate_fn=collate, pin_memory=ctx.device.type == "cuda",
     )
 
 
 def set_loader_epoch(loader: DataLoader, epoch: int) -> None:
-    """Reshuffle for ``epoch`` under torchrun (a RandomSampler's generator advances by itself)."""
-    if isinstance(loader.sampler, DistributedSampler):
+    """The loader's order for ``epoch``."""
+    if hasattr(loader.sampler, "set_epoch"):
         loader.sampler.set_epoch(epoch)
+
+
+def seed_epoch(seed: int, epoch: int, rank: int = 0) -> None:
+    """Seed torch, numpy and Python's generators from (seed, epoch, rank): augmentation, Mixup,
+    drop-path and the loader workers' seeds of an epoch then do not depend on earlier epochs."""
+    value = (seed * 1_000_003 + epoch * 1009 + rank) % (2**32)
+    torch.manual_seed(value)
+    np.random.seed(value)
+    random.seed(value)
 
 
 def evaluation_loader(
