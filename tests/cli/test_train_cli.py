@@ -21,6 +21,8 @@ def _run(capsys, *argv):
         (["data.crops.global_size=33"], "data.crops.global_size"),
         (["data.crops.num_local=-2"], "data.crops.num_local"),
         (["model.unknown=1"], "model.unknown"),
+        (["loss.centering=sk"], "loss.centering"),
+        (["optim.teacher_update=slow"], "optim.teacher_update"),
     ],
 )
 def test_bad_input_one_line_exit_2(tmp_path, capsys, args, needle):

@@ -15,3 +15,15 @@ def test_fields_added_since_a_run_was_written_count_as_defaults():
     assert differing_fields(stored, current) == []
     stored["data"]["crops"]["num_local"] = 3
     assert differing_fields(stored, current) == ["data.crops.num_local"]
+
+
+def test_the_ablation_settings_decide_what_a_run_computes():
+    """A run folder refuses a resume that changes any ablation switch; the student's k-NN
+    check only looks at the networks, so it may change."""
+    a = load_config("vit-tiny-cifar").to_dict()
+    changes = ["optim.teacher_update=student", "loss.centering=none", "loss.sinkhorn_iterations=5",
+               "loss.sharpening=false", "loss.criterion=mse", "model.predictor=true"]
+    for change in changes:
+        b = load_config("vit-tiny-cifar", overrides=[change]).to_dict()
+        assert differing_fields(a, b) == [change.split("=")[0]]
+    assert differing_fields(a, load_config("vit-tiny-cifar", overrides=["train.knn_student=true"]).to_dict()) == []

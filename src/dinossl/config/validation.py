@@ -7,10 +7,13 @@ import math
 
 from dinossl.config.schema import (
     ARCHS,
+    CENTERINGS,
     GEOMETRIC_MODES,
+    LOSS_CRITERIA,
     OPTIMIZERS,
     PHOTOMETRIC_PLACES,
     PRECISIONS,
+    TEACHER_UPDATES,
     VIT_ARCHS,
     Config,
 )
@@ -81,3 +84,11 @@ def validate(c: Config) -> None:
     need(t.dist_timeout_s > 0, "train.dist_timeout_s", f"must be positive, got {t.dist_timeout_s}")
     need(t.threads >= 0, "train.threads", f"must be >= 0, got {t.threads}")
     need(t.knn_every >= 0, "train.knn_every", f"must be >= 0, got {t.knn_every}")
+    # ablations
+    need(o.teacher_update in TEACHER_UPDATES, "optim.teacher_update",
+         f"unknown teacher update {o.teacher_update!r}; choose from {', '.join(TEACHER_UPDATES)}")
+    need(lo.centering in CENTERINGS, "loss.centering",
+         f"unknown centering {lo.centering!r}; choose from {', '.join(CENTERINGS)}")
+    need(lo.sinkhorn_iterations >= 1, "loss.sinkhorn_iterations", f"must be >= 1, got {lo.sinkhorn_iterations}")
+    need(lo.criterion in LOSS_CRITERIA, "loss.criterion",
+         f"unknown loss criterion {lo.criterion!r}; choose from {', '.join(LOSS_CRITERIA)}")
