@@ -10,6 +10,7 @@ from dinossl.models.factory import (
 )
 from dinossl.models.head import DINOHead, WeightNormLinear
 from dinossl.models.multicrop import MultiCropNetwork
+from dinossl.models.predictor import Predictor
 from dinossl.models.resnet import ResNetBackbone, build_resnet50
 from dinossl.models.vit import VIT_SIZES, ViTBackbone, build_vit
 
@@ -18,6 +19,7 @@ __all__ = [
     "BackboneSpec",
     "DINOHead",
     "MultiCropNetwork",
+    "Predictor",
     "ResNetBackbone",
     "ViTBackbone",
     "WeightNormLinear",
