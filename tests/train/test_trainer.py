@@ -1,6 +1,7 @@
 """End-to-end behaviour of the trainer on a tiny model and 64 images (seconds per test)."""
 
 import json
+import math
 
 import pytest
 import torch
@@ -195,3 +196,56 @@ def test_checkpoint_with_the_older_last_layer_order_resumes_exactly(tmp_path, ti
     assert keys.index("head.last_layer.weight_v") < keys.index("head.last_layer.weight_g")
     train(tiny_config(tiny_image_folder, *extra), split)
     _assert_same_state(_state(full), _state(split))
+
+
+ABLATIONS = {
+    "previous-epoch-teacher": ["optim.teacher_update=previous_epoch"],
+    "predictor-sinkhorn-mse-no-sharpening": ["model.predictor=true", "loss.centering=sinkhorn", "loss.criterion=mse",
+                                             "loss.sharpening=false"],
+}
+
+
+@pytest.mark.parametrize("ablation", list(ABLATIONS))
+def test_ablations_resume_to_the_state_of_an_uninterrupted_run(tmp_path, tiny_image_folder, ablation):
+    extra = ["train.epochs=2", *ABLATIONS[ablation]]
+    full = tmp_path / "full"
+    train(tiny_config(tiny_image_folder, *extra), full)
+    split = tmp_path / "split"
+    train(tiny_config(tiny_image_folder, *extra), split, stop_after_epochs=1)
+    first = _state(split)
+    train(tiny_config(tiny_image_folder, *extra), split)
+    last = _state(split)
+    _assert_same_state(_state(full), last)
+    if ablation == "previous-epoch-teacher":
+        # The checkpoint of each epoch holds a teacher equal to the student at that boundary.
+        for state in (first, last):
+            for name, value in state["teacher"].items():
+                if "running_" not in name and "num_batches" not in name:
+                    assert torch.equal(value, state["student"][name]), name
+        assert not torch.equal(first["teacher"]["head.mlp.0.weight"], last["teacher"]["head.mlp.0.weight"])
+    else:
+        predictor = [k for k in last["student"] if k.startswith("predictor.")]
+        assert predictor and not any(k.startswith("predictor.") for k in last["teacher"])
+        assert not torch.equal(first["student"][predictor[0]], last["student"][predictor[0]])  # it trains
+        assert torch.equal(last["dino_loss"]["center"], torch.zeros_like(last["dino_loss"]["center"]))
+        records = [json.loads(l) for l in (split / "log.jsonl").read_text().splitlines()]
+        assert {r["teacher_temp"] for r in records if r["kind"] == "step"} == {0.1}  # the student's
+
+
+def test_a_resume_that_changes_an_ablation_is_refused(tmp_path, tiny_image_folder):
+    out = tmp_path / "run"
+    train(tiny_config(tiny_image_folder, "train.epochs=2"), out, stop_after_epochs=1)
+    with pytest.raises(DinoError, match="loss.centering"):
+        train(tiny_config(tiny_image_folder, "train.epochs=2", "loss.centering=none"), out)
+
+
+@pytest.mark.parametrize("geometric", ["per_image", "batched"])
+def test_two_global_crops_without_local_crops(tmp_path, tiny_image_folder, geometric):
+    """Table 8's 2 x 224 case at 32 px: only the two global views, two loss pairs per image."""
+    out = tmp_path / "run"
+    result = train(tiny_config(tiny_image_folder, "data.crops.num_local=0", f"data.geometric={geometric}",
+                               "train.log_every=1"), out)
+    records = [json.loads(l) for l in (out / "log.jsonl").read_text().splitlines()]
+    steps = [r for r in records if r["kind"] == "step"]
+    assert len(steps) == 4 and all(math.isfinite(r["loss"]) and r["kl"] > 0 for r in steps)
+    assert result.last_epoch["images"] == 64

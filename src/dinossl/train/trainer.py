@@ -202,12 +202,13 @@ def train_one_epoch(run: TrainingRun, epoch: int, progress: tqdm) -> dict[str, f
             if warning:
                 run.run_log.warn(f"step {step + 1}: {warning}", step=step + 1)
 
+    run.distiller.end_epoch()
     means = stats_sums.read("epoch", run.steps_per_epoch, str(run.output_dir))
     skipped_total = int(all_reduce(torch.tensor([skipped], device=device, dtype=torch.float64), "sum").item())
     if skipped_total:
         run.run_log.warn(f"epoch {epoch + 1}: skipped {skipped_total} unreadable images", epoch=epoch + 1)
     return {"loss": means["loss"], "teacher_entropy": means["teacher_entropy"], "kl": means["kl"],
-            "skipped_images": skipped_total}
+            "skipped_images": skipped_total, "images": run.steps_per_epoch * run.global_batch}
 
 
 def train(
