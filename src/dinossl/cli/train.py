@@ -53,7 +53,7 @@ def monitors_for(config: Config) -> list[SampleKnnDuringTraining]:
         return []
     if config.data.path is not None:
         return []
-    return [SampleKnnDuringTraining(config, every=t.knn_every, at_end=t.knn_at_end)]
+    return [SampleKnnDuringTraining(config, every=t.knn_every, at_end=t.knn_at_end, student=t.knn_student)]
 
 
 def run(args: argparse.Namespace) -> int:
