@@ -30,6 +30,7 @@ from dinossl.runtime.distributed import (
     all_reduce,
     barrier,
     init_distributed,
+    local_context,
     is_peer_failure,
     shutdown_distributed,
 )
@@ -107,11 +108,14 @@ def _seed_for_epoch(seed: int, epoch: int, rank: int) -> None:
     torch.manual_seed(seed * 1_000_003 + epoch * 1009 + rank)
 
 
-def build_run(config: Config, output_dir: str | Path, init_from: Optional[str] = None) -> TrainingRun:
+def build_run(config: Config, output_dir: str | Path, init_from: Optional[str] = None, alone: bool = False) -> TrainingRun:
     """Data, distiller and schedules; resumes from ``output_dir`` when it holds a checkpoint of
-    the same configuration."""
+    the same configuration. With ``alone``, this process trains by itself even under torchrun."""
     output_dir = Path(output_dir)
-    ctx = init_distributed(config.train.device, config.train.dist_timeout_s)
+    if alone:
+        ctx = local_context(config.train.device)
+    else:
+        ctx = init_distributed(config.train.device, config.train.dist_timeout_s)
     if config.train.threads > 0:
         torch.set_num_threads(config.train.threads)
     checkpoint = check_run_folder(output_dir, config)
@@ -213,15 +217,16 @@ def train_one_epoch(run: TrainingRun, epoch: int, progress: tqdm) -> dict[str, f
 
 def train(
     config: Config, output_dir: str | Path, init_from: Optional[str] = None, stop_after_epochs: Optional[int] = None,
-    monitors: Sequence[RunMonitor] = (),
+    monitors: Sequence[RunMonitor] = (), alone: bool = False,
 ) -> TrainResult:
     """Pretrain (or resume) a DINO run in ``output_dir``; exports the teacher backbone at the end.
 
     ``stop_after_epochs`` ends this invocation after that many more epochs (checkpoint written,
     no export), leaving a run that a later call resumes. ``monitors`` look at the networks after
     each epoch and after training (main process only); their records go to ``log.jsonl``.
+    ``alone`` trains in this process only, even under torchrun (see :func:`build_run`).
     """
-    run = build_run(config, output_dir, init_from)
+    run = build_run(config, output_dir, init_from, alone)
     try:
         result = _train(run, stop_after_epochs, monitors)
         if run.ctx.owns_process_group:
