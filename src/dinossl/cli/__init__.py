@@ -14,11 +14,11 @@ import sys
 from typing import Optional, Sequence
 
 from dinossl import __version__
-from dinossl.cli import attention, dedupe, eval_group, export, train
+from dinossl.cli import attention, dedupe, eval_group, export, study, train
 from dinossl.cli.common import HelpFormatter, parse_overrides_in
 from dinossl.errors import DinoError
 
-SUBCOMMANDS = (train, eval_group, attention, export, dedupe)
+SUBCOMMANDS = (train, study, eval_group, attention, export, dedupe)
 
 
 def _configure_logging() -> None:

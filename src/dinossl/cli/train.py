@@ -10,7 +10,7 @@ import yaml
 from dinossl.cli.common import DEVICE_HELP, HelpFormatter
 from dinossl.config import DEFAULT_PRESET, Config, file_preset, load_config, preset_names
 from dinossl.errors import ConfigError
-from dinossl.eval.classification.knn_monitor import KNN_METRIC, SampleKnnDuringTraining
+from dinossl.eval.classification.knn_monitor import KNN_METRIC, SampleKnnDuringTraining, sample_knn_monitor
 from dinossl.train import train
 
 log = logging.getLogger("dinossl")
@@ -48,12 +48,8 @@ def register(subparsers: argparse._SubParsersAction) -> None:
 
 def monitors_for(config: Config) -> list[SampleKnnDuringTraining]:
     """The k-NN monitor when ``train.knn_every`` / ``train.knn_at_end`` ask for it (built-in sample only)."""
-    t = config.train
-    if not (t.knn_at_end or t.knn_every):
-        return []
-    if config.data.path is not None:
-        return []
-    return [SampleKnnDuringTraining(config, every=t.knn_every, at_end=t.knn_at_end, student=t.knn_student)]
+    monitor = sample_knn_monitor(config)
+    return [] if monitor is None else [monitor]
 
 
 def run(args: argparse.Namespace) -> int:

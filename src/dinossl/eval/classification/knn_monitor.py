@@ -120,3 +120,13 @@ class SampleKnnDuringTraining:
             line += (f"; student {record['student']:.2f}% (gain {record['student'] - record['random_init']:+.2f}, "
                      f"{s_low:+.2f} to {s_high:+.2f})")
         return line
+
+
+def sample_knn_monitor(config: Config) -> Optional[SampleKnnDuringTraining]:
+    """The k-NN monitor ``train.knn_every`` / ``train.knn_at_end`` / ``train.knn_student`` ask for;
+    None when they ask for nothing or the run trains on its own images (the check needs the
+    built-in sample's labels)."""
+    t = config.train
+    if not (t.knn_at_end or t.knn_every) or config.data.path is not None:
+        return None
+    return SampleKnnDuringTraining(config, every=t.knn_every, at_end=t.knn_at_end, student=t.knn_student)
