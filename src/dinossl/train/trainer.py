@@ -30,8 +30,8 @@ from dinossl.runtime.distributed import (
     all_reduce,
     barrier,
     init_distributed,
-    local_context,
     is_peer_failure,
+    local_context,
     shutdown_distributed,
 )
 from dinossl.train.checkpoint import (
