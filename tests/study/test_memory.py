@@ -1,10 +1,13 @@
 """Peak memory: on a CPU, the process's peak resident set since the last reset."""
 
-import numpy as np
+import mmap
+
 import pytest
 import torch
 
 from dinossl.study.memory import PeakMemory
+
+SIZE = 64 * 2**20
 
 
 def test_cpu_peak_rises_with_an_allocation_and_falls_back_after_a_reset():
@@ -12,9 +15,10 @@ def test_cpu_peak_rises_with_an_allocation_and_falls_back_after_a_reset():
     if not memory.measurable:
         pytest.skip("no /proc/self/status VmHWM or /proc/self/clear_refs on this system")
     before = memory.read()
-    block = np.ones(64 * 2**20 // 8)  # 64 MiB, touched
+    block = mmap.mmap(-1, SIZE)  # fresh pages (not memory the allocator already holds), touched
+    block.write(b"\x01" * SIZE)
     during = memory.read()
-    del block
+    block.close()
     assert during - before > 48 * 2**20
     memory.reset()
     assert memory.read() < during - 32 * 2**20
