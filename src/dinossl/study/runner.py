@@ -130,6 +130,10 @@ def _mark_finished(folder: Path, variant: Variant) -> None:
     write_atomic(folder / FINISHED_FILE, lambda tmp: Path(tmp).write_text(text))
 
 
+def _described(variant: Variant) -> str:
+    return f"{variant.name} ({variant.label})" if variant.overrides else variant.name
+
+
 def _monitors(config: Config, local_rank: int) -> list[RunMonitor]:
     """Peak memory read before the k-NN check and reset after it, so it counts training only."""
     memory = PeakMemory(resolve_device(config.train.device, local_rank))
@@ -182,7 +186,7 @@ def run_study(study: Study, configs: Sequence[tuple[Variant, Config]], folder: s
             if is_finished(run_folder, variant.name):
                 skipped.append(variant.name)
                 continue
-            log.info("study %s: variant %d/%d %s (%s)", study.name, index, len(configs), variant.name, variant.label)
+            log.info("study %s: variant %d/%d %s", study.name, index, len(configs), _described(variant))
             train(config, run_folder, monitors=_monitors(config, ctx.local_rank) if ctx.is_main else ())
             if ctx.is_main:
                 _mark_finished(run_folder, variant)
@@ -216,8 +220,8 @@ def _run_parallel(study: Study, configs: Sequence[tuple[Variant, Config]], folde
         if is_finished(run_folder, variant.name):
             skipped.append(variant.name)
             continue
-        log.warning("study %s: process %d trains variant %d/%d %s (%s)", study.name, rank, index + 1, len(configs),
-                    variant.name, variant.label)
+        log.warning("study %s: process %d trains variant %d/%d %s", study.name, rank, index + 1, len(configs),
+                    _described(variant))
         train(config, run_folder, monitors=_monitors(config, local_rank), alone=True)
         _mark_finished(run_folder, variant)
         trained.append(variant.name)
