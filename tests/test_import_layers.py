@@ -1,5 +1,5 @@
 """The package's imports flow one way: foundation -> config -> runtime -> data -> models ->
-weights -> objective -> train -> eval -> cli, with no circle and no import hidden in a function
+weights -> objective -> train -> eval -> study -> cli, with no circle and no import hidden in a function
 (except of optional third-party packages). docs/architecture.md draws the same layers."""
 
 from __future__ import annotations
@@ -22,6 +22,7 @@ LAYERS: list[tuple[str, ...]] = [
     ("dinossl.objective",),
     ("dinossl.train",),
     ("dinossl.eval",),
+    ("dinossl.study",),
     ("dinossl.cli", "dinossl.__main__"),
 ]
 EVAL_FAMILIES = ("classification", "attention", "video", "retrieval")

@@ -12,8 +12,9 @@ from safetensors.torch import save_file
 from torch import nn
 from torch.nn import functional as F
 
+from dinossl.config import ModelConfig
 from dinossl.errors import CheckpointError
-from dinossl.models import BackboneSpec, DINOHead, MultiCropNetwork, build_vit, spec_of
+from dinossl.models import BackboneSpec, DINOHead, MultiCropNetwork, build_network, build_vit, spec_of
 from dinossl.weights import (
     infer_spec,
     load_backbone,
@@ -253,3 +254,16 @@ def test_project_checkpoint_settings_are_read(tmp_path):
     weights = read_network_weights(tmp_path / "checkpoint.pth")
     assert weights.training_checkpoint and weights.settings == {"norm_last_layer": False}
     assert load_network(tmp_path / "checkpoint.pth").head.last_layer.weight_g.requires_grad
+
+
+def test_a_students_predictor_is_not_part_of_its_network(tmp_path):
+    """A student trained with the predictor ablation reads as backbone + head: the predictor is a
+    training-only part."""
+    config = ModelConfig(arch="vit_tiny", patch_size=8, img_size=32, depth=1, out_dim=40, head_hidden_dim=24,
+                         head_bottleneck_dim=8, predictor=True)
+    student, teacher = build_network(config, student=True), build_network(config, student=False)
+    path = tmp_path / "checkpoint.pth"
+    torch.save({"student": student.state_dict(), "teacher": teacher.state_dict(), "epoch": 1}, path)
+    backbone = load_backbone(path, which="student")
+    for key, value in backbone.state_dict().items():
+        torch.testing.assert_close(value, student.backbone.state_dict()[key])

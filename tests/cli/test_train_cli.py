@@ -25,6 +25,8 @@ def _run(capsys, *argv):
         (["--device", "foo"], "train.device"),
         (["train.epochs=99999999999999999999"], "train.epochs"),
         (["train.checkpoint_every_steps=-1"], "train.checkpoint_every_steps"),
+        (["loss.centering=sk"], "loss.centering"),
+        (["optim.teacher_update=slow"], "optim.teacher_update"),
     ],
 )
 def test_bad_input_one_line_exit_2(tmp_path, capsys, args, needle):

@@ -44,6 +44,13 @@ def test_yaml_then_overrides(tmp_path):
         ("model.norm_last_layer=3", "model.norm_last_layer"),
         ("data.crops.local_scale=[0.5, 0.1]", "data.crops.local_scale"),
         ("loss.center_momentum=1.5", "loss.center_momentum"),
+        ("optim.teacher_update=frozen", "optim.teacher_update"),
+        ("loss.centering=median", "loss.centering"),
+        ("loss.sinkhorn_iterations=0", "loss.sinkhorn_iterations"),
+        ("loss.sharpening=maybe", "loss.sharpening"),
+        ("loss.criterion=l1", "loss.criterion"),
+        ("model.predictor=2", "model.predictor"),
+        ("train.knn_student=yes please", "train.knn_student"),
         ("nonsense", "nonsense"),
     ],
 )
@@ -82,3 +89,13 @@ def test_a_yaml_file_without_a_preset_key_starts_from_the_reference_defaults(tmp
     path.write_text("optim:\n  base_lr: 0.002\n")
     assert load_config(yaml_path=path).model.arch == "vit_small"
     assert load_config(preset="vit-tiny-cifar", yaml_path=path).model.arch == "vit_tiny"
+
+
+def test_the_ablation_settings_default_to_dino():
+    c = load_config("vit-tiny-cifar")
+    assert (c.optim.teacher_update, c.loss.centering, c.loss.sharpening, c.loss.criterion, c.model.predictor,
+            c.loss.sinkhorn_iterations, c.train.knn_student) == ("ema", "ema", True, "cross_entropy", False, 3, False)
+    c = load_config("vit-tiny-cifar", overrides=["optim.teacher_update=previous_epoch", "loss.centering=sinkhorn",
+                                                 "loss.sharpening=false", "loss.criterion=mse", "model.predictor=true"])
+    assert (c.optim.teacher_update, c.loss.centering, c.loss.sharpening, c.loss.criterion, c.model.predictor) == (
+        "previous_epoch", "sinkhorn", False, "mse", True)

@@ -109,3 +109,123 @@ def test_diagnostics_entropy_and_kl():
 def test_rejects_logits_that_are_not_whole_views():
     with pytest.raises(ValueError):
         DINOLoss(5)(torch.randn(7, 5), torch.randn(4, 5), teacher_temp=0.04)
+
+
+# --------------------------------------------------------------------------------------------
+# Ablations: the MSE criterion, Sinkhorn-Knopp and no centering, 0 local crops
+# --------------------------------------------------------------------------------------------
+
+
+def direct_mse(student, teacher, p_teacher_of, student_temp, batch):
+    """Mean over (teacher view i, student view v != i) of the batch-mean squared distance between
+    the L2-normalised softmax(student / student_temp) of view v and P_t of view i."""
+    s_views = student.chunk(student.shape[0] // batch)
+    total, pairs = 0.0, 0
+    for i, t in enumerate(teacher.chunk(2)):
+        target = p_teacher_of(i)
+        target = target / target.norm(dim=-1, keepdim=True)
+        for v, s in enumerate(s_views):
+            if v == i:
+                continue
+            p_s = F.softmax(s / student_temp, dim=-1)
+            p_s = p_s / p_s.norm(dim=-1, keepdim=True)
+            total = total + ((p_s - target) ** 2).sum(dim=-1).mean()
+            pairs += 1
+    return total / pairs
+
+
+@pytest.mark.parametrize("num_views", [2, 4])
+def test_mse_loss_matches_direct_computation(num_views):
+    torch.manual_seed(5)
+    batch, dim = 4, 9
+    student = torch.randn(num_views * batch, dim, requires_grad=True)
+    teacher = torch.randn(2 * batch, dim)
+    loss_fn = DINOLoss(dim, student_temp=0.1, criterion="mse")
+    loss_fn.center.copy_(torch.randn(1, dim))
+    center = loss_fn.center.clone()
+    loss, stats = loss_fn(student, teacher, teacher_temp=0.04)
+    p_t = F.softmax((teacher - center) / 0.04, dim=-1).chunk(2)
+    expected = direct_mse(student, teacher, lambda i: p_t[i], 0.1, batch)
+    torch.testing.assert_close(loss, expected, rtol=1e-5, atol=1e-6)
+    loss.backward()
+    assert student.grad.abs().sum() > 0
+    # The diagnostics stay the entropy of P_t and the KL to P_s, whatever the criterion.
+    ce, _ = direct_loss(student.detach(), teacher, center, 0.1, 0.04, batch)
+    entropy = torch.stack([(-torch.special.xlogy(p, p).sum(-1)).mean() for p in p_t]).mean()
+    torch.testing.assert_close(stats["kl"], ce - entropy, rtol=1e-4, atol=1e-5)
+    # The center still follows the teacher (EMA centering is independent of the criterion).
+    torch.testing.assert_close(loss_fn.center, 0.9 * center + 0.1 * teacher.mean(0, keepdim=True))
+
+
+def test_mse_of_identical_distributions_is_zero():
+    batch, dim = 3, 5
+    teacher = torch.randn(2 * batch, dim)
+    # Student views 0 and 1 swapped: every pair (i, v != i) with v a global view compares
+    # identical distributions when the temperatures agree and no center is applied.
+    student = torch.cat([teacher[batch:], teacher[:batch]])
+    loss, _ = DINOLoss(dim, student_temp=0.1, criterion="mse", centering="none")(student, teacher, teacher_temp=0.1)
+    torch.testing.assert_close(loss, torch.zeros(()), rtol=0, atol=1e-6)
+
+
+def test_no_centering_ignores_and_keeps_the_center():
+    torch.manual_seed(6)
+    batch, dim = 3, 7
+    student, teacher = torch.randn(3 * batch, dim), torch.randn(2 * batch, dim)
+    loss_fn = DINOLoss(dim, centering="none")
+    loss_fn.center.copy_(torch.randn(1, dim))
+    center = loss_fn.center.clone()
+    loss, _ = loss_fn(student, teacher, teacher_temp=0.04)
+    expected, _ = direct_loss(student, teacher, torch.zeros(1, dim), 0.1, 0.04, batch)
+    torch.testing.assert_close(loss, expected)
+    assert torch.equal(loss_fn.center, center)
+
+
+def test_sinkhorn_target_over_both_teacher_views():
+    torch.manual_seed(7)
+    batch, dim = 5, 6
+    student, teacher = torch.randn(4 * batch, dim), torch.randn(2 * batch, dim)
+    loss_fn = DINOLoss(dim, centering="sinkhorn", sinkhorn_iterations=3)
+    loss, stats = loss_fn(student, teacher, teacher_temp=0.5)
+    # Restated: alternate column (prototype) and row (sample) normalisation of exp(t / tau) over
+    # the 2B teacher samples, 3 times; then the usual cross-entropy with that target.
+    q = torch.exp(teacher / 0.5)
+    for _ in range(3):
+        q = q / q.sum(dim=0, keepdim=True)
+        q = q / q.sum(dim=1, keepdim=True)
+    s_views = student.chunk(4)
+    total = 0.0
+    for i, target in enumerate(q.chunk(2)):
+        for v, s in enumerate(s_views):
+            if v != i:
+                total = total + torch.sum(-target * F.log_softmax(s / 0.1, dim=-1), dim=-1).mean()
+    torch.testing.assert_close(loss, total / 6, rtol=1e-5, atol=1e-6)
+    entropy = (-(q * q.log()).sum(-1)).mean()
+    torch.testing.assert_close(stats["teacher_entropy"], entropy, rtol=1e-5, atol=1e-6)
+    assert torch.equal(loss_fn.center, torch.zeros(1, dim))  # the EMA center is not used
+
+
+def test_two_global_crops_and_no_local_crop():
+    """2 x 224 without local crops: 2 pairs, (teacher 0, student 1) and (teacher 1, student 0)."""
+    torch.manual_seed(8)
+    batch, dim = 4, 8
+    student, teacher = torch.randn(2 * batch, dim), torch.randn(2 * batch, dim)
+    for criterion in ("cross_entropy", "mse"):
+        loss, _ = DINOLoss(dim, criterion=criterion)(student, teacher, teacher_temp=0.04, update_center=False)
+        p_t = F.softmax(teacher / 0.04, dim=-1).chunk(2)
+        s = student.chunk(2)
+        if criterion == "cross_entropy":
+            pairs = [torch.sum(-p_t[0] * F.log_softmax(s[1] / 0.1, -1), -1).mean(),
+                     torch.sum(-p_t[1] * F.log_softmax(s[0] / 0.1, -1), -1).mean()]
+        else:
+            def unit(x):
+                return x / x.norm(dim=-1, keepdim=True)
+            pairs = [((unit(F.softmax(s[1] / 0.1, -1)) - unit(p_t[0])) ** 2).sum(-1).mean(),
+                     ((unit(F.softmax(s[0] / 0.1, -1)) - unit(p_t[1])) ** 2).sum(-1).mean()]
+        torch.testing.assert_close(loss, (pairs[0] + pairs[1]) / 2, rtol=1e-5, atol=1e-6)
+
+
+def test_unknown_criterion_or_centering():
+    with pytest.raises(ValueError):
+        DINOLoss(5, criterion="l1")
+    with pytest.raises(ValueError):
+        DINOLoss(5, centering="median")

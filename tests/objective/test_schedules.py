@@ -10,7 +10,8 @@ import math
 import numpy as np
 import pytest
 
-from dinossl.objective import cosine_schedule, teacher_temperature_schedule
+from dinossl.config import LossConfig, OptimConfig
+from dinossl.objective import build_schedules, cosine_schedule, teacher_temperature_schedule
 
 
 def _by_hand(base, final, epochs, iters, warmup_epochs=0, start=0.0):
@@ -84,3 +85,14 @@ def test_teacher_temperature_warmup():
     assert np.all(t[30:] == 0.07)
     constant = teacher_temperature_schedule(0.04, 0.04, 0, 5)
     assert np.all(constant == 0.04) and len(constant) == 5
+
+
+def test_no_sharpening_gives_the_teacher_the_student_temperature():
+    loss = LossConfig(student_temp=0.1, warmup_teacher_temp=0.04, teacher_temp=0.07, warmup_teacher_temp_epochs=2)
+    sharp = build_schedules(OptimConfig(), loss, epochs=4, steps_per_epoch=3, global_batch=8)
+    np.testing.assert_allclose(sharp.teacher_temp, [0.04, 0.07, 0.07, 0.07])
+    loss.sharpening = False
+    flat = build_schedules(OptimConfig(), loss, epochs=4, steps_per_epoch=3, global_batch=8)
+    np.testing.assert_array_equal(flat.teacher_temp, [0.1] * 4)
+    assert flat.at(11).teacher_temp == 0.1
+    np.testing.assert_array_equal(flat.lr, sharp.lr)  # nothing else changes

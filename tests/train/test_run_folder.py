@@ -21,3 +21,13 @@ def test_tf32_may_change_on_resume_like_the_device():
     a = load_config("vit-tiny-cifar").to_dict()
     b = load_config("vit-tiny-cifar", overrides=["train.tf32=false", "train.device=cpu"]).to_dict()
     assert differing_fields(a, b) == []
+def test_the_ablation_settings_decide_what_a_run_computes():
+    """A run folder refuses a resume that changes any ablation switch; the student's k-NN
+    check only looks at the networks, so it may change."""
+    a = load_config("vit-tiny-cifar").to_dict()
+    changes = ["optim.teacher_update=student", "loss.centering=none", "loss.sinkhorn_iterations=5",
+               "loss.sharpening=false", "loss.criterion=mse", "model.predictor=true"]
+    for change in changes:
+        b = load_config("vit-tiny-cifar", overrides=[change]).to_dict()
+        assert differing_fields(a, b) == [change.split("=")[0]]
+    assert differing_fields(a, load_config("vit-tiny-cifar", overrides=["train.knn_student=true"]).to_dict()) == []

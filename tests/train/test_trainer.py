@@ -272,6 +272,8 @@ def test_a_tiny_run_trains_and_resumes_on_cuda(tmp_path, tiny_image_folder, prec
     records = [json.loads(line) for line in (out / "log.jsonl").read_text().splitlines()]
     losses = [r["loss"] for r in records if r["kind"] == "step"]
     assert len(losses) == 8 and all(math.isfinite(loss) for loss in losses)
+
+
 def _comparable_records(run_dir):
     rows = [json.loads(l) for l in (run_dir / "log.jsonl").read_text().splitlines()]
     return [{k: v for k, v in r.items() if k not in ("images_per_s", "seconds")} for r in rows]
@@ -380,3 +382,56 @@ def test_resume_removes_interrupted_writes_and_repeats_no_log_record(tmp_path, t
     steps = [r["step"] for r in rows if r["kind"] == "step"]
     assert steps == sorted(set(steps)) and (out / "log.jsonl").read_text().startswith(kept)
     assert [r["kind"] for r in rows].count("knn") == 1
+
+
+ABLATIONS = {
+    "previous-epoch-teacher": ["optim.teacher_update=previous_epoch"],
+    "predictor-sinkhorn-mse-no-sharpening": ["model.predictor=true", "loss.centering=sinkhorn", "loss.criterion=mse",
+                                             "loss.sharpening=false"],
+}
+
+
+@pytest.mark.parametrize("ablation", list(ABLATIONS))
+def test_ablations_resume_to_the_state_of_an_uninterrupted_run(tmp_path, tiny_image_folder, ablation):
+    extra = ["train.epochs=2", *ABLATIONS[ablation]]
+    full = tmp_path / "full"
+    train(tiny_config(tiny_image_folder, *extra), full)
+    split = tmp_path / "split"
+    train(tiny_config(tiny_image_folder, *extra), split, stop_after_epochs=1)
+    first = _state(split)
+    train(tiny_config(tiny_image_folder, *extra), split)
+    last = _state(split)
+    _assert_same_state(_state(full), last)
+    if ablation == "previous-epoch-teacher":
+        # The checkpoint of each epoch holds a teacher equal to the student at that boundary.
+        for state in (first, last):
+            for name, value in state["teacher"].items():
+                if "running_" not in name and "num_batches" not in name:
+                    assert torch.equal(value, state["student"][name]), name
+        assert not torch.equal(first["teacher"]["head.mlp.0.weight"], last["teacher"]["head.mlp.0.weight"])
+    else:
+        predictor = [k for k in last["student"] if k.startswith("predictor.")]
+        assert predictor and not any(k.startswith("predictor.") for k in last["teacher"])
+        assert not torch.equal(first["student"][predictor[0]], last["student"][predictor[0]])  # it trains
+        assert torch.equal(last["dino_loss"]["center"], torch.zeros_like(last["dino_loss"]["center"]))
+        records = [json.loads(l) for l in (split / "log.jsonl").read_text().splitlines()]
+        assert {r["teacher_temp"] for r in records if r["kind"] == "step"} == {0.1}  # the student's
+
+
+def test_a_resume_that_changes_an_ablation_is_refused(tmp_path, tiny_image_folder):
+    out = tmp_path / "run"
+    train(tiny_config(tiny_image_folder, "train.epochs=2"), out, stop_after_epochs=1)
+    with pytest.raises(DinoError, match="loss.centering"):
+        train(tiny_config(tiny_image_folder, "train.epochs=2", "loss.centering=none"), out)
+
+
+@pytest.mark.parametrize("geometric", ["per_image", "batched"])
+def test_two_global_crops_without_local_crops(tmp_path, tiny_image_folder, geometric):
+    """Table 8's 2 x 224 case at 32 px: only the two global views, two loss pairs per image."""
+    out = tmp_path / "run"
+    result = train(tiny_config(tiny_image_folder, "data.crops.num_local=0", f"data.geometric={geometric}",
+                               "train.log_every=1"), out)
+    records = [json.loads(l) for l in (out / "log.jsonl").read_text().splitlines()]
+    steps = [r for r in records if r["kind"] == "step"]
+    assert len(steps) == 4 and all(math.isfinite(r["loss"]) and r["kl"] > 0 for r in steps)
+    assert result.last_epoch["images"] == 64

@@ -12,7 +12,7 @@ from dinossl.config import DEFAULT_PRESET, Config, file_preset, load_config, pre
 from dinossl.errors import ConfigError
 from dinossl.eval.attention.training_snapshots import AttentionDuringTraining
 from dinossl.eval.classification.folder_knn_monitor import FOLDER_KNN_METRIC, FolderKnnDuringTraining
-from dinossl.eval.classification.knn_monitor import KNN_METRIC, SampleKnnDuringTraining
+from dinossl.eval.classification.knn_monitor import KNN_METRIC, SampleKnnDuringTraining, sample_knn_monitor
 from dinossl.train import RunMonitor, train
 from dinossl.train.preemption import requeue_exit_status, signal_name
 
@@ -54,13 +54,14 @@ def register(subparsers: argparse._SubParsersAction) -> None:
 
 def monitors_for(config: Config, output: str) -> list[RunMonitor]:
     """The monitors the config asks for: k-NN on ``train.val_data`` (teacher and student) or, without
-    it, on the built-in sample (teacher; when training on it), and attention-map snapshots."""
+    it, on the built-in sample (teacher, and the student with ``train.knn_student``; when
+    training on it), and attention-map snapshots."""
     t = config.train
     monitors: list[RunMonitor] = []
     if t.val_data is not None:
         monitors.append(FolderKnnDuringTraining(t.val_data, config.data.crops.global_size, t.knn_every, t.knn_at_end))
-    elif (t.knn_at_end or t.knn_every) and config.data.path is None:
-        monitors.append(SampleKnnDuringTraining(config, every=t.knn_every, at_end=t.knn_at_end))
+    elif (sample := sample_knn_monitor(config)) is not None:
+        monitors.append(sample)
     if t.attention_every:
         monitors.append(AttentionDuringTraining(output, config.data.crops.global_size, t.attention_every,
                                                 t.attention_images))

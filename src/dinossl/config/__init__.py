@@ -12,6 +12,9 @@ from dinossl.config.loading import DEFAULT_PRESET, config_from_dict, file_preset
 from dinossl.config.merge import parse_override
 from dinossl.config.schema import (
     ARCHS,
+    CENTERINGS,
+    LOSS_CRITERIA,
+    TEACHER_UPDATES,
     VIT_ARCHS,
     Config,
     CropConfig,
@@ -25,7 +28,10 @@ from dinossl.config.validation import validate
 
 __all__ = [
     "ARCHS",
+    "CENTERINGS",
     "DEFAULT_PRESET",
+    "LOSS_CRITERIA",
+    "TEACHER_UPDATES",
     "VIT_ARCHS",
     "Config",
     "CropConfig",

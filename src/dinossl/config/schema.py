@@ -18,6 +18,10 @@ PHOTOMETRIC_PLACES = ("loader", "device")
 GEOMETRIC_MODES = ("per_image", "batched")
 OPTIMIZERS = ("adamw", "sgd")
 LOGGERS = ("none", "wandb", "mlflow")
+# The paper's ablations (Tables 7-9, Figs. 6-7): the first value of each is DINO's.
+TEACHER_UPDATES = ("ema", "student", "previous_iteration", "previous_epoch")
+CENTERINGS = ("ema", "sinkhorn", "none")
+LOSS_CRITERIA = ("cross_entropy", "mse")
 
 
 @dataclass
@@ -66,6 +70,9 @@ class ModelConfig:
     head_bottleneck_dim: int = 256
     use_bn_in_head: bool = False
     norm_last_layer: bool = True
+    # ablations: a BYOL-style predictor MLP (K -> head_hidden_dim -> K, BN + GELU) on the
+    # student's head output only; the teacher has none (paper, Table 7 row 6)
+    predictor: bool = False
 
 
 @dataclass
@@ -77,6 +84,11 @@ class LossConfig:
     warmup_teacher_temp: float = 0.04  # starting teacher temperature
     warmup_teacher_temp_epochs: int = 0
     center_momentum: float = 0.9
+    # ablations (paper, Table 7 and Fig. 7); see docs/ablations.md
+    centering: str = "ema"  # ema (DINO), sinkhorn (Sinkhorn-Knopp on the teacher output) or none
+    sinkhorn_iterations: int = 3  # with centering=sinkhorn, as SwAV
+    sharpening: bool = True  # false: the teacher's temperature is the student's (no sharper teacher)
+    criterion: str = "cross_entropy"  # cross_entropy (DINO) or mse (between L2-normalised P_s and P_t)
 
 
 @dataclass
@@ -92,6 +104,10 @@ class OptimConfig:
     freeze_last_layer: int = 1  # epochs during which the head's last layer is not updated
     momentum_teacher: float = 0.996
     optimizer: str = "adamw"  # adamw (the paper's choice) or sgd (momentum 0.9, for ResNets)
+    # ablations: how the teacher follows the student (paper, Fig. 6 and Table 7 row 2): ema (the
+    # momentum teacher), student (a copy after every step), previous_iteration (the student of
+    # the previous iteration), previous_epoch (the student of the last epoch boundary)
+    teacher_update: str = "ema"
 
 
 @dataclass
@@ -120,6 +136,8 @@ class TrainConfig:
     attention_images: Optional[str] = None  # image folder for them; None: the built-in sample's first images
     logger: str = "none"  # also send the run's records to: none | wandb | mlflow
     logger_project: str = "dinossl"  # W&B project / MLflow experiment name
+    # ablations: the k-NN checks also score the student beside the teacher (paper, Fig. 6 left)
+    knn_student: bool = False
 
 
 @dataclass

@@ -9,11 +9,14 @@ import torch
 
 from dinossl.config.schema import (
     ARCHS,
+    CENTERINGS,
     GEOMETRIC_MODES,
     LOGGERS,
+    LOSS_CRITERIA,
     OPTIMIZERS,
     PHOTOMETRIC_PLACES,
     PRECISIONS,
+    TEACHER_UPDATES,
     VIT_ARCHS,
     Config,
 )
@@ -111,3 +114,11 @@ def validate(c: Config) -> None:
     need(t.logger in LOGGERS, "train.logger", f"unknown logger {t.logger!r}; choose from {', '.join(LOGGERS)}")
     need(t.val_data is None or t.knn_every > 0 or t.knn_at_end, "train.val_data",
          "set train.knn_every (epochs between k-NN checks) or train.knn_at_end to use it")
+    # ablations
+    need(o.teacher_update in TEACHER_UPDATES, "optim.teacher_update",
+         f"unknown teacher update {o.teacher_update!r}; choose from {', '.join(TEACHER_UPDATES)}")
+    need(lo.centering in CENTERINGS, "loss.centering",
+         f"unknown centering {lo.centering!r}; choose from {', '.join(CENTERINGS)}")
+    need(lo.sinkhorn_iterations >= 1, "loss.sinkhorn_iterations", f"must be >= 1, got {lo.sinkhorn_iterations}")
+    need(lo.criterion in LOSS_CRITERIA, "loss.criterion",
+         f"unknown loss criterion {lo.criterion!r}; choose from {', '.join(LOSS_CRITERIA)}")

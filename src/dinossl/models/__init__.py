@@ -11,6 +11,7 @@ from dinossl.models.factory import (
 from dinossl.models.head import DINOHead, WeightNormLinear
 from dinossl.models.linear_probe import LinearProbe, probe_features
 from dinossl.models.multicrop import MultiCropNetwork
+from dinossl.models.predictor import Predictor
 from dinossl.models.resnet import ResNetBackbone, build_resnet50
 from dinossl.models.vit import VIT_SIZES, ViTBackbone, build_vit
 
@@ -20,6 +21,7 @@ __all__ = [
     "DINOHead",
     "LinearProbe",
     "MultiCropNetwork",
+    "Predictor",
     "ResNetBackbone",
     "ViTBackbone",
     "WeightNormLinear",

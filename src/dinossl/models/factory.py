@@ -11,6 +11,7 @@ from torch import nn
 from dinossl.config import ModelConfig
 from dinossl.models.head import DINOHead
 from dinossl.models.multicrop import MultiCropNetwork
+from dinossl.models.predictor import Predictor
 from dinossl.models.resnet import ResNetBackbone, build_resnet50
 from dinossl.models.vit import VIT_SIZES, ViTBackbone, build_vit
 
@@ -65,7 +66,8 @@ def spec_of(backbone: nn.Module) -> Optional[BackboneSpec]:
 
 
 def build_network(config: ModelConfig, student: bool) -> MultiCropNetwork:
-    """Backbone + DINO head; only the student gets drop-path."""
+    """Backbone + DINO head; only the student gets drop-path, and the predictor when
+    ``model.predictor`` asks for one."""
     backbone = build_backbone(backbone_spec(config), drop_path_rate=config.drop_path if student else 0.0)
     head = DINOHead(
         backbone.embed_dim,
@@ -75,4 +77,5 @@ def build_network(config: ModelConfig, student: bool) -> MultiCropNetwork:
         use_bn=config.use_bn_in_head,
         norm_last_layer=config.norm_last_layer,
     )
-    return MultiCropNetwork(backbone, head)
+    predictor = Predictor(config.out_dim, config.head_hidden_dim) if student and config.predictor else None
+    return MultiCropNetwork(backbone, head, predictor)

@@ -1,4 +1,5 @@
-"""The DINO objective: cross-entropy between a centred, sharpened teacher and the student."""
+"""The DINO objective: cross-entropy between a centred, sharpened teacher and the student, and
+the paper's ablations of it (Sinkhorn-Knopp or no centering, an MSE criterion)."""
 
 from __future__ import annotations
 
@@ -6,6 +7,9 @@ import torch
 from torch import nn
 from torch import distributed as dist
 from torch.nn import functional as F
+
+from dinossl.config import CENTERINGS, LOSS_CRITERIA
+from dinossl.objective.centering import teacher_log_probs
 
 
 class DINOLoss(nn.Module):
@@ -15,14 +19,23 @@ class DINOLoss(nn.Module):
     P_s = softmax(student / student_temp); P_t = softmax((teacher - center) / teacher_temp).
     The center (1, K) is an EMA of the teacher's batch mean (all-reduced across processes
     when distributed), updated after the loss is computed.
+
+    Ablations (:mod:`dinossl.objective.centering`): ``centering="sinkhorn"`` makes P_t the
+    Sinkhorn-Knopp normalisation of exp(teacher / teacher_temp) and ``"none"`` its softmax (the
+    center then stays zero); ``criterion="mse"`` replaces H(P_t(i), P_s(v)) by
+    ||P_s(v)/||P_s(v)|| - P_t(i)/||P_t(i)|| ||^2 over the same pairs.
     """
 
     def __init__(self, out_dim: int, student_temp: float = 0.1, center_momentum: float = 0.9,
-                 num_teacher_views: int = 2) -> None:
+                 num_teacher_views: int = 2, centering: str = "ema", criterion: str = "cross_entropy",
+                 sinkhorn_iterations: int = 3) -> None:
         super().__init__()
+        if criterion not in LOSS_CRITERIA or centering not in CENTERINGS:
+            raise ValueError(f"unknown criterion {criterion!r} or centering {centering!r}")
         self.num_teacher_views = num_teacher_views
         self.student_temp = student_temp
         self.center_momentum = center_momentum
+        self.centering, self.criterion, self.sinkhorn_iterations = centering, criterion, sinkhorn_iterations
         self.register_buffer("center", torch.zeros(1, out_dim))
 
     def forward(
@@ -54,25 +67,25 @@ class DINOLoss(nn.Module):
         log_p_student = F.log_softmax(student_logits.float() / self.student_temp, dim=-1)
         log_p_student = log_p_student.view(num_views, batch, -1)
         with torch.no_grad():
-            centred = (teacher_logits.float() - self.center) / teacher_temp
-            log_p_teacher = F.log_softmax(centred, dim=-1).view(num_teacher_views, batch, -1)
+            log_p_teacher = teacher_log_probs(teacher_logits, teacher_temp, self.centering, self.center,
+                                              self.sinkhorn_iterations).view(num_teacher_views, batch, -1)
             p_teacher = log_p_teacher.exp()
 
-        # sum over v != i of log P_s(v) = (sum over all v) - log P_s(i): one pass per view.
-        sum_log_p_student = log_p_student.sum(dim=0)
-        total = student_logits.new_zeros((), dtype=torch.float32)
-        for i in range(num_teacher_views):
-            others = sum_log_p_student - log_p_student[i]
-            total = total - (p_teacher[i] * others).sum(dim=-1).mean()
         num_pairs = num_teacher_views * (num_views - 1)
-        loss = total / num_pairs
+        if self.criterion == "cross_entropy":
+            loss = _cross_entropy(log_p_student, p_teacher) / num_pairs
+            cross_entropy = loss.detach()
+        else:
+            loss = _normalised_squared_error(log_p_student.exp(), p_teacher) / num_pairs
+            with torch.no_grad():
+                cross_entropy = _cross_entropy(log_p_student, p_teacher) / num_pairs
 
         with torch.no_grad():
             entropy = -(p_teacher * log_p_teacher).sum(dim=-1).mean()
             # Every teacher view meets the same number of student views, so the mean KL over
             # pairs is the mean cross-entropy minus the mean teacher entropy.
-            stats = {"teacher_entropy": entropy, "kl": loss.detach() - entropy}
-            if update_center:
+            stats = {"teacher_entropy": entropy, "kl": cross_entropy - entropy}
+            if update_center and self.centering == "ema":
                 self.update_center(teacher_logits)
         return loss, stats
 
@@ -86,3 +99,26 @@ class DINOLoss(nn.Module):
             count *= dist.get_world_size()
         batch_mean = batch_sum / count
         self.center.mul_(self.center_momentum).add_(batch_mean, alpha=1 - self.center_momentum)
+
+
+def _cross_entropy(log_p_student: torch.Tensor, p_teacher: torch.Tensor) -> torch.Tensor:
+    """Sum over teacher views i and student views v != i of the batch-mean H(P_t(i), P_s(v));
+    log_p_student (V, B, K), p_teacher (G, B, K)."""
+    # sum over v != i of log P_s(v) = (sum over all v) - log P_s(i): one pass per view.
+    sum_log_p_student = log_p_student.sum(dim=0)
+    total = log_p_student.new_zeros(())
+    for i in range(p_teacher.shape[0]):
+        others = sum_log_p_student - log_p_student[i]
+        total = total - (p_teacher[i] * others).sum(dim=-1).mean()
+    return total
+
+
+def _normalised_squared_error(p_student: torch.Tensor, p_teacher: torch.Tensor) -> torch.Tensor:
+    """Sum over teacher views i and student views v != i of the batch-mean squared distance
+    between the L2-normalised P_s(v) and P_t(i); p_student (V, B, K), p_teacher (G, B, K)."""
+    student_dirs, teacher_dirs = F.normalize(p_student, dim=-1), F.normalize(p_teacher, dim=-1)
+    total = p_student.new_zeros(())
+    for i in range(p_teacher.shape[0]):
+        distances = (student_dirs - teacher_dirs[i]).pow(2).sum(dim=-1)  # (V, B)
+        total = total + (distances.sum(dim=0) - distances[i]).mean()
+    return total

@@ -91,14 +91,15 @@ def build_schedules(optim: OptimConfig, loss: LossConfig, epochs: int, steps_per
                     global_batch: int) -> TrainingSchedules:
     """DINO's schedules for a run: lr warmed up to the scaled base lr then cosine to ``min_lr``,
     weight decay and teacher momentum cosine to their final values, teacher temperature warmed
-    up per epoch."""
+    up per epoch (or, with ``loss.sharpening`` off, the student's temperature throughout)."""
     peak_lr = scaled_lr(optim.base_lr, global_batch)
     return TrainingSchedules(
         lr=cosine_schedule(peak_lr, optim.min_lr, epochs, steps_per_epoch, optim.warmup_epochs),
         weight_decay=cosine_schedule(optim.weight_decay, optim.weight_decay_end, epochs, steps_per_epoch),
         momentum=cosine_schedule(optim.momentum_teacher, 1.0, epochs, steps_per_epoch),
-        teacher_temp=teacher_temperature_schedule(loss.warmup_teacher_temp, loss.teacher_temp,
-                                                  loss.warmup_teacher_temp_epochs, epochs),
+        teacher_temp=(teacher_temperature_schedule(loss.warmup_teacher_temp, loss.teacher_temp,
+                                                   loss.warmup_teacher_temp_epochs, epochs)
+                      if loss.sharpening else np.full(epochs, loss.student_temp)),
         freeze_last_layer_epochs=optim.freeze_last_layer,
         steps_per_epoch=steps_per_epoch,
     )

@@ -97,6 +97,17 @@ def nccl_failure_note(timeout_s: int) -> str:
     return (f"NCCL: if a process of the run dies or stops answering, the others end too (torchrun stops them, "
             f"or NCCL's watchdog after {timeout_s} s, with torch's own message); the last checkpoint stays "
             "usable and the same command resumes it (docs/distributed.md)")
+def local_context(device_preference: str = "auto") -> DistContext:
+    """This process alone, even when launched by torchrun (e.g. the processes of ``dino study
+    --parallel``, each training its own variants): rank 0 of 1, on the device of its
+    ``LOCAL_RANK``. It must not be used while a process group is initialised."""
+    if dist.is_available() and dist.is_initialized():
+        raise RuntimeError("a process that trains alone must not be part of a process group")
+    local_rank = int(os.environ.get("LOCAL_RANK", "0"))
+    device = resolve_device(device_preference, local_rank)
+    if device.type == "cuda":
+        torch.cuda.set_device(device)
+    return DistContext(0, 1, local_rank, device)
 
 
 def shutdown_distributed() -> None:

@@ -5,6 +5,8 @@ scaler, and the one iteration that ties them together.
 global views, student forward on all views, loss, backward, per-tensor clipping, the
 last-layer freeze, the optimiser step and the teacher's EMA, with this iteration's scheduled
 values handed in. It changes only the distiller's own state and never syncs with the host.
+:meth:`Distiller.end_epoch` is called after an epoch's last step (the previous-epoch teacher
+of the ablations is replaced there).
 """
 
 from __future__ import annotations
@@ -29,7 +31,7 @@ from dinossl.train.optim import (
     set_lr_and_weight_decay,
 )
 from dinossl.train.optimizer_state import fit_optimizer_state
-from dinossl.train.teacher import ema_update, init_teacher
+from dinossl.train.teacher import TeacherUpdate, init_teacher
 from dinossl.weights import load_backbone_into
 
 log = logging.getLogger("dinossl")
@@ -50,14 +52,17 @@ class Distiller:
         amp_dtype: autocast dtype, None for fp32.
         clip_grad: per-tensor gradient norm bound, 0 for none.
         student_forward: the student as called in the step (its DDP wrapper when distributed).
+        teacher_update: how the teacher follows the student (DINO's EMA by default).
     """
 
     def __init__(self, student: MultiCropNetwork, teacher: MultiCropNetwork, loss_fn: DINOLoss,
                  optimizer: torch.optim.Optimizer, scaler: torch.amp.GradScaler, amp_dtype: Optional[torch.dtype],
-                 clip_grad: float, student_forward: Optional[nn.Module] = None) -> None:
+                 clip_grad: float, student_forward: Optional[nn.Module] = None,
+                 teacher_update: Optional[TeacherUpdate] = None) -> None:
         self.student, self.teacher, self.loss_fn = student, teacher, loss_fn
         self.optimizer, self.scaler, self.amp_dtype, self.clip_grad = optimizer, scaler, amp_dtype, clip_grad
         self.student_forward = student_forward if student_forward is not None else student
+        self.teacher_update = teacher_update if teacher_update is not None else TeacherUpdate("ema")
 
     @cached_property
     def trainable_params(self) -> list[torch.Tensor]:
@@ -85,10 +90,15 @@ class Distiller:
             clip_gradients_per_tensor(self.trainable_params, self.clip_grad)
         if values.freeze_last_layer:
             drop_last_layer_gradients(self.student)
+        self.teacher_update.before_optimizer_step(self.teacher, self.student)
         self.scaler.step(self.optimizer)
         self.scaler.update()
-        ema_update(self.teacher, self.student, values.momentum)
+        self.teacher_update.after_optimizer_step(self.teacher, self.student, values.momentum)
         return loss.detach(), stats
+
+    def end_epoch(self) -> None:
+        """After an epoch's last step (before its checkpoint is written)."""
+        self.teacher_update.after_epoch(self.teacher, self.student)
 
     def state_dict(self) -> dict[str, Any]:
         """The reference checkpoint's entries: student, teacher, optimizer, dino_loss, fp16_scaler."""
@@ -116,7 +126,8 @@ def build_distiller(config: Config, ctx: DistContext, num_teacher_views: int,
                     init_from: Optional[str] = None) -> Distiller:
     """Networks seeded from ``train.seed`` (identical on every rank), the student's backbone
     optionally initialised from released weights, SyncBatchNorm and DDP when distributed, the
-    loss, AdamW/SGD and the precision ``train.precision`` resolves to on ``ctx.device``."""
+    loss, AdamW/SGD, the precision ``train.precision`` resolves to on ``ctx.device`` and the
+    teacher update ``optim.teacher_update`` names."""
     torch.manual_seed(config.train.seed)  # identical initial weights on every rank
     student = build_network(config.model, student=True)
     teacher = build_network(config.model, student=False)
@@ -136,9 +147,12 @@ def build_distiller(config: Config, ctx: DistContext, num_teacher_views: int,
     if ctx.distributed:
         device_ids = [ctx.device.index] if ctx.device.type == "cuda" else None
         student_forward = DistributedDataParallel(student, device_ids=device_ids)
-    loss_fn = DINOLoss(config.model.out_dim, config.loss.student_temp, config.loss.center_momentum,
-                       num_teacher_views).to(ctx.device)
+    lo = config.loss
+    loss_fn = DINOLoss(config.model.out_dim, lo.student_temp, lo.center_momentum, num_teacher_views,
+                       centering=lo.centering, criterion=lo.criterion,
+                       sinkhorn_iterations=lo.sinkhorn_iterations).to(ctx.device)
     optimizer = build_optimizer(student, config.optim)
     amp_dtype = resolve_precision(config.train.precision, ctx.device)
     scaler = torch.amp.GradScaler(ctx.device.type, enabled=amp_dtype == torch.float16)
-    return Distiller(student, teacher, loss_fn, optimizer, scaler, amp_dtype, config.optim.clip_grad, student_forward)
+    return Distiller(student, teacher, loss_fn, optimizer, scaler, amp_dtype, config.optim.clip_grad, student_forward,
+                     TeacherUpdate(config.optim.teacher_update))

@@ -25,6 +25,7 @@ RUNTIME_FIELDS = frozenset(
         "train.progress_bar",
         "train.knn_at_end",
         "train.knn_every",
+        "train.knn_student",
         "train.dist_timeout_s",
         "train.threads",
         "train.batch_size_per_process",

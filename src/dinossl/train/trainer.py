@@ -42,6 +42,7 @@ from dinossl.runtime.distributed import (
     gather_objects,
     init_distributed,
     is_peer_failure,
+    local_context,
     shutdown_distributed,
 )
 from dinossl.runtime.precision import resolve_precision
@@ -333,25 +334,28 @@ def train_one_epoch(run: TrainingRun, epoch: int, progress: tqdm) -> dict[str, f
             if signum:
                 raise _Stopped(signum, step + 1)
 
+    run.distiller.end_epoch()  # the previous-epoch teacher is replaced here
     means = stats_sums.read("epoch", run.steps_per_epoch, _checkpoint_kept(run))
     skipped_total = int(all_reduce(torch.tensor([skipped], device=device, dtype=torch.float64), "sum").item())
     if skipped_total:
         run.run_log.warn(f"epoch {epoch + 1}: skipped {skipped_total} unreadable images", epoch=epoch + 1)
     return {"loss": means["loss"], "teacher_entropy": means["teacher_entropy"], "kl": means["kl"],
-            "skipped_images": skipped_total}
+            "skipped_images": skipped_total, "images": run.steps_per_epoch * run.global_batch}
 
 
 def train(
     config: Config, output_dir: str | Path, init_from: Optional[str] = None, stop_after_epochs: Optional[int] = None,
-    monitors: Sequence[RunMonitor] = (),
+    monitors: Sequence[RunMonitor] = (), alone: bool = False,
 ) -> TrainResult:
     """Pretrain (or resume) a DINO run in ``output_dir``; exports the teacher backbone at the end.
 
     ``stop_after_epochs`` ends this invocation after that many more epochs (checkpoint written,
     no export), leaving a run that a later call resumes. ``monitors`` look at the networks after
     each epoch and after training (main process only); their records go to ``log.jsonl``.
+    ``alone`` trains in this process only, even under torchrun (see :func:`build_run`).
     """
-    ctx = init_distributed(config.train.device, config.train.dist_timeout_s)
+    ctx = (local_context(config.train.device) if alone
+           else init_distributed(config.train.device, config.train.dist_timeout_s))
     run: Optional[TrainingRun] = None
     try:
         run = build_run(config, output_dir, init_from, ctx)

@@ -70,7 +70,8 @@ def pick_network(raw: Any, which: str, source: str) -> NetworkWeights:
 
 
 def split_network(state: dict[str, torch.Tensor], source: str) -> tuple[dict, dict]:
-    """(backbone, head) of a state dict in either layout: plain backbone, or backbone./head."""
+    """(backbone, head) of a state dict in either layout: plain backbone, or backbone./head.
+    A student's ``predictor.`` tensors (a training-only ablation) are left out."""
     unwrapped = {_unwrap(k): v for k, v in state.items()}
     if not any(k.startswith("backbone.") for k in unwrapped):
         return unwrapped, {}
@@ -82,7 +83,7 @@ def split_network(state: dict[str, torch.Tensor], source: str) -> tuple[dict, di
         elif part == "head":
             rest = _unwrap(rest)
             head[_HEAD_RENAMES.get(rest, rest)] = value
-        else:
+        elif part != "predictor":
             other.append(key)
     if other:
         raise CheckpointError(f"{source}: keys outside backbone./head.: {name_keys(other)}")

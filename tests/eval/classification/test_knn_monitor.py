@@ -4,6 +4,7 @@ import torch
 
 from dinossl.eval.classification.knn_monitor import (
     KNN_METRIC,
+    STUDENT_KNN_METRIC,
     SampleKnnDuringTraining,
     SampleKnnMonitor,
     knn_against_random_init,
@@ -39,3 +40,23 @@ def test_the_trainer_logs_what_the_monitor_reports(tmp_path, tiny_image_folder):
     final = [r for r in records if r["kind"] == "result"]
     assert len(final) == 1 and final[0]["metric"] == KNN_METRIC and result.reports == final
     assert "trained teacher" in SampleKnnDuringTraining.summary(final[0])
+
+
+def test_the_student_is_scored_beside_the_teacher(tmp_path, tiny_image_folder):
+    config = tiny_config(tiny_image_folder, "train.knn_student=true")
+    monitor = SampleKnnDuringTraining(config, every=1, at_end=True, student=config.train.knn_student)
+    scorer = monitor._scorer = _cheap(SampleKnnMonitor(32, torch.device("cpu")), 200)
+    scorer.bank_source.pixels = scorer.bank_source.pixels[:1000]
+    scorer.bank_source.labels = scorer.bank_source.labels[:1000]
+    result = train(config, tmp_path / "run", monitors=[monitor])
+    records = [json.loads(line) for line in (tmp_path / "run" / "log.jsonl").read_text().splitlines()]
+    per_epoch = [r for r in records if r["kind"] == "knn"]
+    assert [r["epoch"] for r in per_epoch] == [1]
+    assert all(0 <= r[STUDENT_KNN_METRIC] <= 100 and 0 <= r[KNN_METRIC] <= 100 for r in per_epoch)
+    final = result.reports[0]
+    # Scored again from the networks the run left behind: the same numbers, teacher and student apart.
+    resumed = build_run(config, tmp_path / "run")
+    assert final["trained"] == scorer.top1(resumed.distiller.teacher.backbone) == per_epoch[0][KNN_METRIC]
+    assert final["student"] == scorer.top1(resumed.distiller.student.backbone) == per_epoch[0][STUDENT_KNN_METRIC]
+    assert len(final["student_gain_ci95"]) == 2 and "student" in SampleKnnDuringTraining.summary(final)
+    assert resumed.distiller.student.training  # scoring put it back in training mode
