@@ -44,12 +44,16 @@ def test_yaml_then_overrides(tmp_path):
         ("model.norm_last_layer=3", "model.norm_last_layer"),
         ("data.crops.local_scale=[0.5, 0.1]", "data.crops.local_scale"),
         ("loss.center_momentum=1.5", "loss.center_momentum"),
+        ("optim.implementation=magic", "optim.implementation"),
+        (["model.arch=resnet50", "train.pack_crops=true"], "train.pack_crops"),
+        (["model.arch=resnet50", "train.activation_checkpointing=true"], "train.activation_checkpointing"),
+        (["data.photometric=loader", "data.geometric=device"], "data.geometric"),
         ("nonsense", "nonsense"),
     ],
 )
 def test_bad_values_name_the_field(override, field):
     with pytest.raises(ConfigError) as info:
-        load_config("vit-tiny-cifar", overrides=[override])
+        load_config("vit-tiny-cifar", overrides=override if isinstance(override, list) else [override])
     assert str(info.value).startswith(field)
 
 

@@ -15,8 +15,9 @@ VIT_ARCHS = ("vit_tiny", "vit_small", "vit_base")
 ARCHS = VIT_ARCHS + ("resnet50",)
 PRECISIONS = ("auto", "fp32", "bf16", "fp16")
 PHOTOMETRIC_PLACES = ("loader", "device")
-GEOMETRIC_MODES = ("per_image", "batched")
+GEOMETRIC_MODES = ("per_image", "batched", "device")
 OPTIMIZERS = ("adamw", "sgd")
+OPTIMIZER_IMPLEMENTATIONS = ("auto", "fused", "foreach", "for_loop")
 
 
 @dataclass
@@ -48,6 +49,8 @@ class DataConfig:
     # How crops are cut: "per_image" (PIL, in the loader workers) or "batched" (one batched
     # resize per view in the training process; needs photometric=device and images of one size,
     # held in memory). See docs/training.md.
+    # "device": JPEG files read as bytes by the loader workers, decoded and cropped on the
+    # training device (nvJPEG on a GPU; images of any sizes; needs photometric=device).
     geometric: str = "per_image"
 
 
@@ -91,6 +94,8 @@ class OptimConfig:
     freeze_last_layer: int = 1  # epochs during which the head's last layer is not updated
     momentum_teacher: float = 0.996
     optimizer: str = "adamw"  # adamw (the paper's choice) or sgd (momentum 0.9, for ResNets)
+    # speed: how torch's optimizer runs (auto: fused, one kernel for all tensors, where torch has it)
+    implementation: str = "auto"
 
 
 @dataclass
@@ -108,6 +113,10 @@ class TrainConfig:
     knn_every: int = 0  # epochs between k-NN checks of the teacher (built-in sample only); 0: never
     dist_timeout_s: int = 600  # process-group timeout: a dead peer ends the run after this
     threads: int = 0  # torch CPU threads; 0 leaves torch's default
+    # speed levers (docs/benchmarks.md#speed-settings)
+    compile: bool = False  # torch.compile of student, teacher and loss (pays off on long runs)
+    pack_crops: bool = False  # ViT: one backbone pass for all crop resolutions (packed token sequences)
+    activation_checkpointing: bool = False  # ViT student: recompute block activations in backward (less memory)
 
 
 @dataclass

@@ -1,4 +1,5 @@
-"""Backbone + head applied to a list of crops, one backbone pass per crop resolution."""
+"""Backbone + head applied to a list of crops: one backbone pass per crop resolution, or one
+pass for all of them (``pack_views``, ViTs)."""
 
 from __future__ import annotations
 
@@ -21,15 +22,21 @@ class MultiCropNetwork(nn.Module):
     """Student or teacher network of DINO: ``head(backbone(crop))`` for every crop.
 
     Crops of equal resolution are concatenated and run through the backbone together; the
-    head then runs once on all features.
+    head then runs once on all features. With ``pack_views`` (a backbone with
+    ``forward_packed``: the ViT), the resolutions share one backbone pass as well: their token
+    sequences are packed into one batch (same result, up to float rounding and the order of
+    drop-path's random draws).
     """
 
-    def __init__(self, backbone: nn.Module, head: nn.Module) -> None:
+    def __init__(self, backbone: nn.Module, head: nn.Module, pack_views: bool = False) -> None:
         super().__init__()
         self.backbone = backbone
         self.head = head
+        self.pack_views = pack_views
 
     def forward(self, crops: list[torch.Tensor]) -> torch.Tensor:
         """V crops of (B, 3, H_v, W_v) -> (V * B, K) logits, view-major."""
-        features = [self.backbone(torch.cat(crops[a:b])) for a, b in group_by_resolution(crops)]
-        return self.head(torch.cat(features))
+        batches = [torch.cat(crops[a:b]) for a, b in group_by_resolution(crops)]
+        if self.pack_views and len(batches) > 1 and hasattr(self.backbone, "forward_packed"):
+            return self.head(self.backbone.forward_packed(batches))
+        return self.head(torch.cat([self.backbone(batch) for batch in batches]))

@@ -6,6 +6,7 @@ import torch
 from timm.models.vision_transformer import VisionTransformer
 from torch import nn
 
+from dinossl.models.packed_blocks import TokenLayout, run_blocks
 from dinossl.models.position_embedding import resample_position_embeddings
 
 # name -> (embed_dim, num_heads); all have depth 12 and MLP ratio 4.
@@ -25,6 +26,11 @@ class ViTBackbone(VisionTransformer):
     and the position embeddings are resampled to it with the reference implementation's rule
     (:func:`~dinossl.models.position_embedding.resample_position_embeddings`) on every path:
     ``forward``, ``forward_features``, ``intermediate_layers``, ``last_selfattention``.
+
+    ``forward_packed`` runs images of several sizes through the blocks in one pass
+    (:mod:`~dinossl.models.packed_blocks`); timm's ``set_grad_checkpointing()`` makes
+    ``forward``, ``forward_features`` and ``forward_packed`` recompute each block's activations
+    in the backward pass instead of keeping them.
     """
 
     def __init__(
@@ -73,7 +79,21 @@ class ViTBackbone(VisionTransformer):
 
     def forward_features(self, images: torch.Tensor) -> torch.Tensor:
         """(B, 3, H, W) -> (B, 1 + N, d) tokens after the final LayerNorm."""
-        return self.norm(self.blocks(self._tokens_before_blocks(images)))
+        x = self._tokens_before_blocks(images)
+        batch, tokens, dim = x.shape
+        x = run_blocks(self.blocks, x.reshape(batch * tokens, dim), TokenLayout(((batch, tokens),)),
+                       self.grad_checkpointing)
+        return self.norm(x).view(batch, tokens, dim)
+
+    def forward_packed(self, batches: list[torch.Tensor]) -> torch.Tensor:
+        """Image batches of different sizes, (B_g, 3, H_g, W_g) each -> (sum of B_g, d) [CLS]
+        tokens after the final LayerNorm, batch after batch: the tokens of all batches go
+        through each block together (attention stays within each image)."""
+        tokens = [self._tokens_before_blocks(images) for images in batches]
+        layout = TokenLayout(tuple((t.shape[0], t.shape[1]) for t in tokens))
+        x = torch.cat([t.reshape(-1, t.shape[-1]) for t in tokens]) if len(tokens) > 1 else tokens[0].flatten(0, 1)
+        x = run_blocks(self.blocks, x, layout, self.grad_checkpointing)
+        return self.forward_head(self.norm(layout.first_tokens(x))[:, None])
 
     def forward(self, images: torch.Tensor) -> torch.Tensor:
         """(B, 3, H, W) -> (B, d) [CLS] token after the final LayerNorm."""

@@ -28,6 +28,11 @@ RUNTIME_FIELDS = frozenset(
         "train.dist_timeout_s",
         "train.threads",
         "train.batch_size_per_process",
+        # speed levers: the same computation up to float rounding (and drop-path's draw order)
+        "train.compile",
+        "train.pack_crops",
+        "train.activation_checkpointing",
+        "optim.implementation",
     }
 )
 
