@@ -138,7 +138,7 @@ def test_draws_depend_on_seed_epoch_and_index_only(photo_folder):
 def test_in_memory_images_travel_as_pixels():
     sample = load_sample("heldout")
     item = EncodedImageDataset(sample, RECIPE, seed=0)[(7, 0)]
-    assert torch.equal(item.data, torch.from_numpy(np.asarray(sample.load(7)[0])).permute(2, 0, 1))
+    assert torch.equal(item.data, torch.from_numpy(np.array(sample.load(7)[0])).permute(2, 0, 1))
 
 
 @pytest.mark.slow
