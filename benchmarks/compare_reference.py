@@ -504,19 +504,26 @@ def main() -> None:
                    "momentum": MOMENTUM, "teacher_temp": TEACHER_TEMP, "clip_grad": CLIP_GRAD},
         "machine": describe(torch.device(args.device)),
     }
+    results: dict[str, dict[str, Any]] = {}
+    report["results"] = results
+
+    def write() -> None:  # after every part: a run cut short keeps what it measured
+        report["ratios"] = _ratios(results)
+        report["compile_cost"] = _compile_cost(results)
+        report["machine"]["load_average_after"] = describe(torch.device("cpu"))["load_average"]
+        args.out.write_text(json.dumps(report, indent=2) + "\n")
+
     if not args.no_sanity:
         report["sanity"] = in_child(sanity_check, args.reference, spec, base)
         print(json.dumps({"sanity": report["sanity"]}), flush=True)
-    results = {"reference": in_child(measure_reference, args.reference, spec, reference_precision)}
+        write()
+    results["reference"] = in_child(measure_reference, args.reference, spec, reference_precision)
     print(json.dumps({"reference": results["reference"]}), flush=True)
+    write()
     for name, overrides in variants.items():
         results[name] = in_child(measure_package, spec, overrides)
         print(json.dumps({name: results[name]}), flush=True)
-    report["results"] = results
-    report["ratios"] = _ratios(results)
-    report["compile_cost"] = _compile_cost(results)
-    report["machine"]["load_average_after"] = describe(torch.device("cpu"))["load_average"]
-    args.out.write_text(json.dumps(report, indent=2) + "\n")
+        write()
     print(json.dumps({"ratios": report["ratios"], "compile_cost": report["compile_cost"],
                       "sanity_ok": report.get("sanity", {}).get("ok")}, indent=2))
 

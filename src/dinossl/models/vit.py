@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import torch
+import torch.nn.functional as F
 from timm.models.vision_transformer import VisionTransformer
 from torch import nn
 
@@ -71,9 +72,28 @@ class ViTBackbone(VisionTransformer):
         the image taken as square when the grid is."""
         return self._add_positions(x, square_image=x.shape[1] == x.shape[2])
 
+    def _embed_patches(self, images: torch.Tensor) -> torch.Tensor:
+        """(B, 3, H, W) -> (B, H//p, W//p, d): the patch embedding. Under bf16 autocast on a
+        CPU its convolution (kernel = stride = p) runs as one matmul over the flattened patches:
+        the same sum, 3-6x faster there (fwd + bwd) than the CPU's bf16 convolution. Elsewhere
+        (fp32 included, where the reference's figures are matched to float rounding) timm's
+        convolution."""
+        batch, channels, height, width = images.shape
+        p = self.patch_size
+        cpu_bf16 = (images.device.type == "cpu" and torch.is_autocast_enabled("cpu")
+                    and torch.get_autocast_dtype("cpu") == torch.bfloat16)
+        if not cpu_bf16 or height % p or width % p:
+            return self.patch_embed(images)
+        rows, cols = height // p, width // p
+        patches = images.reshape(batch, channels, rows, p, cols, p).permute(0, 2, 4, 1, 3, 5)
+        proj = self.patch_embed.proj
+        embedded = F.linear(patches.reshape(batch, rows, cols, channels * p * p),
+                            proj.weight.reshape(proj.out_channels, -1), proj.bias)
+        return self.patch_embed.norm(embedded)
+
     def _tokens_before_blocks(self, images: torch.Tensor) -> torch.Tensor:
         """(B, 3, H, W) -> (B, 1 + (H//p) * (W//p), d) embedded tokens with positions."""
-        x = self._add_positions(self.patch_embed(images), square_image=images.shape[-2] == images.shape[-1])
+        x = self._add_positions(self._embed_patches(images), square_image=images.shape[-2] == images.shape[-1])
         x = self.patch_drop(x)
         return self.norm_pre(x)
 

@@ -1,0 +1,112 @@
+#!/usr/bin/env bash
+# The check to run first on a machine with a GPU (about 8 minutes): the GPU-marked tests, the
+# package's step against the reference's on the GPU (with the speed levers), the data pipeline's
+# throughput (JPEG decode and crops on the GPU), benchmarks/gpu_checks.py when present, and a
+# CIFAR-10 (50,000 images) ViT pretraining of about 3 minutes with its k-NN at the end. Each
+# part writes JSON into OUT_DIR; the last thing printed is one JSON summary of all of them.
+#
+#   benchmarks/device_check.sh [OUT_DIR]          # default: device-check-<date>
+#
+# Environment:
+#   DINO_REFERENCE       a clone of facebookresearch/dino (default: dino-reference in the
+#                        repository root, which git ignores; without it the comparison is skipped)
+#   DINOSSL_SHARED_DATA  the shared test data (default: ../shared/data)
+#   PYTHON               the interpreter (default: python)
+#   BUDGET_S             the whole script's time budget in seconds (default 470)
+#   DRY_RUN=1            tiny sizes on whatever device there is (a CPU: GPU-only parts skip with
+#                        a reason), to check the script itself in a few minutes
+set -u
+cd "$(dirname "$0")/.."
+REPO=$(pwd)
+OUT=${1:-device-check-$(date +%Y%m%d-%H%M%S)}
+mkdir -p "$OUT"
+PYTHON=${PYTHON:-python}
+export PYTHONPATH="$REPO/src${PYTHONPATH:+:$PYTHONPATH}"
+export DINOSSL_SHARED_DATA=${DINOSSL_SHARED_DATA:-$REPO/../shared/data}
+REFERENCE=${DINO_REFERENCE:-$REPO/dino-reference}
+DRY_RUN=${DRY_RUN:-0}
+BUDGET_S=${BUDGET_S:-470}
+START=$(date +%s)
+STATUS="$OUT/status.jsonl"
+: > "$STATUS"
+
+left() { echo $(( BUDGET_S - ($(date +%s) - START) )); }
+
+# part NAME LIMIT_S COMMAND...: run with a time limit (never past the budget), log to OUT/NAME.log,
+# record rc, seconds and whether it was cut off.
+part() {
+  local name=$1 limit=$2; shift 2
+  local remaining; remaining=$(left)
+  if (( remaining < 20 )); then
+    echo "{\"part\": \"$name\", \"skipped\": \"no time left in the ${BUDGET_S}-s budget\"}" >> "$STATUS"
+    return
+  fi
+  (( limit > remaining - 5 )) && limit=$(( remaining - 5 ))
+  echo "== $name (at most ${limit} s)" >&2
+  local began; began=$(date +%s)
+  timeout -k 10 "$limit" "$@" > "$OUT/$name.log" 2>&1
+  local rc=$?
+  echo "{\"part\": \"$name\", \"rc\": $rc, \"seconds\": $(( $(date +%s) - began )), \"limit_s\": $limit, \"timed_out\": $([ $rc -eq 124 ] || [ $rc -eq 137 ] && echo true || echo false)}" >> "$STATUS"
+}
+
+skip() { echo "{\"part\": \"$1\", \"skipped\": \"$2\"}" >> "$STATUS"; }
+
+GPU=$($PYTHON -c "import torch; print(int(torch.cuda.is_available()))" 2>/dev/null || echo 0)
+if [ "$DRY_RUN" = 1 ]; then
+  DEVICE=$([ "$GPU" = 1 ] && echo cuda || echo cpu)
+  TINY_MODEL=(--arch vit_tiny --depth 2 --global-size 32 --local-size 16 --num-local 2 --batch 4 --out-dim 256
+              --hidden-dim 64 --bottleneck-dim 32 --steps 2 --warmup 1)
+  COMPARE=(--device "$DEVICE" "${TINY_MODEL[@]}" --levers pack_crops,activation_checkpointing)
+  AUGMENT=(--device "$DEVICE" --skip-sample-workloads --jpeg-images 8 --batch 4 --repeats 1)
+  CIFAR=(--minutes 0.1 --per-class 10 --warmup 1 --calibration 2 model.depth=1 train.batch_size_per_process=16
+         "train.device=$DEVICE")
+  GPU_CHECK_MINUTES=0.2
+else
+  DEVICE=cuda
+  COMPARE=(--setting gpu --device cuda --precision auto --steps 10 --warmup 3
+           --levers pack_crops,activation_checkpointing,compile)
+  AUGMENT=(--device cuda --skip-sample-workloads --jpeg-images 150 --batch 64 --repeats 3)
+  CIFAR=(--minutes 3 train.batch_size_per_process=256 data.num_workers=8)
+  GPU_CHECK_MINUTES=1
+fi
+
+# 1. The GPU-marked tests (on a CPU they skip, each with its reason).
+part gpu_tests 90 $PYTHON -m pytest -q -p no:cacheprovider -m gpu -rs --junitxml="$OUT/gpu_tests.xml" tests
+
+# 2. The reference's step and the package's, same configuration and device, with the levers.
+if [ "$DRY_RUN" != 1 ] && [ "$GPU" != 1 ]; then
+  skip compare "torch sees no CUDA device (DRY_RUN=1 runs it on the CPU with tiny sizes)"
+elif [ ! -f "$REFERENCE/main_dino.py" ]; then
+  skip compare "no reference clone at $REFERENCE (set DINO_REFERENCE to a clone of facebookresearch/dino)"
+else
+  part compare 150 $PYTHON benchmarks/compare_reference.py "$REFERENCE" "${COMPARE[@]}" --out "$OUT/compare.json"
+fi
+
+# 3. The data pipeline alone: JPEG files decoded and cropped on the device, per process.
+if [ "$DRY_RUN" != 1 ] && [ "$GPU" != 1 ]; then
+  skip augment "torch sees no CUDA device"
+else
+  part augment 45 $PYTHON benchmarks/augment_throughput.py "${AUGMENT[@]}" --out "$OUT/augment.json"
+fi
+
+# 4. The bf16/fp16 step checks, when present in this checkout.
+if [ -f benchmarks/gpu_checks.py ]; then
+  part gpu_checks 80 $PYTHON benchmarks/gpu_checks.py --out "$OUT/gpu_checks.json" --minutes "$GPU_CHECK_MINUTES"
+else
+  skip gpu_checks "benchmarks/gpu_checks.py is not in this checkout"
+fi
+
+# 5. CIFAR-10 pretraining sized to about 3 minutes (less if the budget is short), then k-NN.
+if [ "$DRY_RUN" != 1 ] && [ "$GPU" != 1 ]; then
+  skip cifar10 "torch sees no CUDA device"
+elif [ ! -f "$DINOSSL_SHARED_DATA/cifar10-jpg.tar.gz" ]; then
+  skip cifar10 "$DINOSSL_SHARED_DATA/cifar10-jpg.tar.gz not found (set DINOSSL_SHARED_DATA)"
+else
+  if [ "$DRY_RUN" != 1 ]; then  # the training gets what the budget leaves after ~60 s of setup and k-NN
+    MINUTES=$($PYTHON -c "print(round(max(0.5, min(3.0, ($(left) - 70) / 60)), 2))")
+    CIFAR[1]=$MINUTES
+  fi
+  part cifar10 260 $PYTHON benchmarks/timed_cifar10.py "${CIFAR[@]}" --out "$OUT/cifar10.json"
+fi
+
+$PYTHON benchmarks/device_check_summary.py "$OUT" --seconds $(( $(date +%s) - START )) --dry-run "$DRY_RUN"
