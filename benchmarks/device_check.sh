@@ -14,7 +14,8 @@
 #   PYTHON               the interpreter (default: python)
 #   BUDGET_S             the whole script's time budget in seconds (default 470)
 #   DRY_RUN=1            tiny sizes on whatever device there is (a CPU: GPU-only parts skip with
-#                        a reason), to check the script itself in a few minutes
+#                        a reason), one torch thread, and 4x the time limits (a busy CPU is slow):
+#                        to check the script itself
 set -u
 cd "$(dirname "$0")/.."
 REPO=$(pwd)
@@ -26,6 +27,7 @@ export DINOSSL_SHARED_DATA=${DINOSSL_SHARED_DATA:-$REPO/../shared/data}
 REFERENCE=${DINO_REFERENCE:-$REPO/dino-reference}
 DRY_RUN=${DRY_RUN:-0}
 BUDGET_S=${BUDGET_S:-470}
+[ "${DRY_RUN:-0}" = 1 ] && BUDGET_S=${BUDGET_S_DRY:-3000}
 START=$(date +%s)
 STATUS="$OUT/status.jsonl"
 : > "$STATUS"
@@ -41,6 +43,7 @@ part() {
     echo "{\"part\": \"$name\", \"skipped\": \"no time left in the ${BUDGET_S}-s budget\"}" >> "$STATUS"
     return
   fi
+  [ "$DRY_RUN" = 1 ] && limit=$(( limit * 4 ))
   (( limit > remaining - 5 )) && limit=$(( remaining - 5 ))
   echo "== $name (at most ${limit} s)" >&2
   local began; began=$(date +%s)
@@ -56,8 +59,8 @@ if [ "$DRY_RUN" = 1 ]; then
   DEVICE=$([ "$GPU" = 1 ] && echo cuda || echo cpu)
   TINY_MODEL=(--arch vit_tiny --depth 2 --global-size 32 --local-size 16 --num-local 2 --batch 4 --out-dim 256
               --hidden-dim 64 --bottleneck-dim 32 --steps 2 --warmup 1)
-  COMPARE=(--device "$DEVICE" "${TINY_MODEL[@]}" --levers pack_crops,activation_checkpointing)
-  AUGMENT=(--device "$DEVICE" --skip-sample-workloads --jpeg-images 8 --batch 4 --repeats 1)
+  COMPARE=(--device "$DEVICE" "${TINY_MODEL[@]}" --threads 1 --levers pack_crops,activation_checkpointing)
+  AUGMENT=(--device "$DEVICE" --skip-sample-workloads --jpeg-images 8 --batch 4 --repeats 1 --threads 1)
   CIFAR=(--minutes 0.1 --per-class 10 --warmup 1 --calibration 2 model.depth=1 train.batch_size_per_process=16
          "train.device=$DEVICE")
   GPU_CHECK_MINUTES=0.2

@@ -139,7 +139,8 @@ def main() -> None:
         train(config, Path(tmp) / "run")
         train_s = time.perf_counter() - started
         records = [json.loads(line) for line in (Path(tmp) / "run" / "log.jsonl").read_text().splitlines()]
-        rates = [r["images_per_s"] for r in records if r["kind"] == "step"][1:]  # the first holds the warm-up
+        rates = [r["images_per_s"] for r in records if r["kind"] == "step"]
+        rates = rates[1:] or rates  # the first interval holds the warm-up
         knn = knn_top1(Path(tmp) / "run", root, config)
     report = {
         "benchmark": "timed_cifar10",

@@ -78,7 +78,7 @@ def main() -> None:
         "depth": config.model.depth or 12,
         "crops": f"2x{crops_cfg.global_size}+{crops_cfg.num_local}x{crops_cfg.local_size}",
         "batch_per_process": batch,
-        "precision": "fp32" if run.amp_dtype is None else str(run.amp_dtype).replace("torch.", ""),
+        "precision": "fp32" if run.distiller.amp_dtype is None else str(run.distiller.amp_dtype).replace("torch.", ""),
         "device": torch.cuda.get_device_name(device) if device.type == "cuda" else platform.processor() or "cpu",
         "cpu_threads": torch.get_num_threads(),
         "timed_steps": args.steps,
