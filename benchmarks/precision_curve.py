@@ -16,6 +16,7 @@ import argparse
 import json
 import sys
 import tempfile
+import textwrap
 import time
 from pathlib import Path
 from typing import Any
@@ -62,8 +63,8 @@ def plot(report: dict[str, Any], path: Path) -> None:
     axes[1].set(xlabel="step", ylabel="nats", title="teacher entropy")
     for axis in axes:
         axis.legend()
-    figure.suptitle(f"{report['preset']} {' '.join(report['overrides'])}: fp32 vs bf16 autocast, seed {report['seed']}",
-                    fontsize=9)
+    settings = textwrap.fill(f"{report['preset']} {' '.join(report['overrides'])}", width=140)
+    figure.suptitle(f"fp32 vs bf16 autocast, seed {report['seed']}\n{settings}", fontsize=8)
     figure.tight_layout()
     figure.savefig(path, dpi=120)
 
