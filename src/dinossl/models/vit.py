@@ -116,8 +116,9 @@ class ViTBackbone(VisionTransformer):
         return self.forward_head(self.norm(layout.first_tokens(x))[:, None])
 
     def forward(self, images: torch.Tensor) -> torch.Tensor:
-        """(B, 3, H, W) -> (B, d) [CLS] token after the final LayerNorm."""
-        return self.forward_head(self.forward_features(images))
+        """(B, 3, H, W) -> (B, d) [CLS] token after the final LayerNorm (which, acting token by
+        token, is applied to the [CLS] token only)."""
+        return self.forward_packed([images])
 
     def intermediate_layers(self, images: torch.Tensor, n: int = 1) -> list[torch.Tensor]:
         """Outputs of the last ``n`` blocks, each through the final LayerNorm: n x (B, 1+N, d)."""
