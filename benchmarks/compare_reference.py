@@ -483,6 +483,8 @@ def main() -> None:
         parser.error(f"{args.reference} holds no main_dino.py: give a clone of facebookresearch/dino")
     if args.device == "auto":
         args.device = "cuda" if torch.cuda.is_available() else "cpu"
+    if args.device == "cuda":
+        args.device = "cuda:0"  # DDP (the reference's wrapper) wants a device index
     on_gpu = args.device.startswith("cuda")
     values = dict(SETTINGS[args.setting or ("gpu" if on_gpu else "cpu")])
     values.update({k: getattr(args, k) for k in values if getattr(args, k) is not None})
