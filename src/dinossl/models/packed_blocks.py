@@ -10,7 +10,7 @@ spent on token pairs of different sequences. With a single batch it is exactly t
 
 The attention kernel follows the tensors: torch's fused ``scaled_dot_product_attention``,
 except for bf16 on a CPU, where two batched matmuls and a softmax are faster (torch's fused
-CPU attention in bf16 measured 3-7x slower, fwd + bwd, than this on a 2-core x86 CPU with
+CPU attention in bf16 ran several times slower, fwd + bwd, than this on an x86 CPU with
 AVX512-BF16, for sequences of 37 and 197 tokens; ``benchmarks/compare_reference.py``).
 """
 

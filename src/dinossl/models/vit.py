@@ -75,7 +75,7 @@ class ViTBackbone(VisionTransformer):
     def _embed_patches(self, images: torch.Tensor) -> torch.Tensor:
         """(B, 3, H, W) -> (B, H//p, W//p, d): the patch embedding. Under bf16 autocast on a
         CPU its convolution (kernel = stride = p) runs as one matmul over the flattened patches:
-        the same sum, 3-6x faster there (fwd + bwd) than the CPU's bf16 convolution. Elsewhere
+        the same sum, several times faster there (fwd + bwd) than the CPU's bf16 convolution. Elsewhere
         (fp32 included, where the reference's figures are matched to float rounding) timm's
         convolution."""
         batch, channels, height, width = images.shape
