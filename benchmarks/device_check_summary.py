@@ -81,6 +81,16 @@ def pipeline(folder: Path, step: Optional[dict[str, Any]]) -> Optional[dict[str,
     return summary
 
 
+def loop(folder: Path) -> Optional[dict[str, Any]]:
+    report = _json(folder / "loop.json")
+    if report is None:
+        return None
+    return {"images_per_s": {f"{r['geometric']}/{r['photometric']}": r["images_per_s"]
+                             for r in report["results"].values()},
+            "device_decode_over_loader": report.get("compare_over_base"),
+            "batch": report["results"]["base"]["batch"], "precision": report["results"]["base"]["precision"]}
+
+
 def cifar10(folder: Path) -> Optional[dict[str, Any]]:
     report = _json(folder / "cifar10.json")
     if report is None:
@@ -107,6 +117,7 @@ def main() -> None:
         "gpu_tests": tests(args.folder),
         "compare_reference": step,
         "data_pipeline": pipeline(args.folder, step),
+        "loop_on_jpeg_files": loop(args.folder),
         "gpu_checks": _json(args.folder / "gpu_checks.json"),
         "cifar10": cifar10(args.folder),
     }

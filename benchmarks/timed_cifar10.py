@@ -26,14 +26,14 @@ import sys
 import tarfile
 import tempfile
 import time
-from dataclasses import replace
 from pathlib import Path
 from typing import Any, Optional
 
 import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from machine import describe, synchronize  # noqa: E402
+from loop_throughput import measure_loop  # noqa: E402
+from machine import describe  # noqa: E402
 
 REPO = Path(__file__).resolve().parents[1]
 
@@ -59,29 +59,6 @@ def cifar_folder(archive: Path, workdir: Path, per_class: Optional[int]) -> Path
     with tarfile.open(archive) as tar:
         tar.extractall(workdir, members=wanted(tar), filter="data")
     return workdir / "cifar10"
-
-
-def calibrate(config, folder: Path, warmup: int, steps: int) -> dict[str, Any]:
-    """Seconds per step of the real loop on this data and device (crop loader included)."""
-    from dinossl.data import to_model_input
-    from dinossl.train import build_run
-
-    run = build_run(config, folder)
-    device = run.ctx.device
-    times = []
-    batches = iter(run.data.loader)
-    for step in range(warmup + steps):
-        started = time.perf_counter()
-        crops, _, _ = next(batches)
-        crops = [to_model_input(c, device) for c in crops]
-        loss, _ = run.distiller.step(crops, replace(run.schedules.at(step), freeze_last_layer=False))
-        loss.item()
-        synchronize(device)
-        if step >= warmup:
-            times.append(time.perf_counter() - started)
-    run.run_log.close()
-    return {"steps_per_epoch": run.steps_per_epoch, "median_step_s": statistics.median(times),
-            "warmup": warmup, "timed_steps": steps, "device": str(device)}
 
 
 def knn_top1(checkpoint_dir: Path, root: Path, config) -> dict[str, Any]:
@@ -131,7 +108,7 @@ def main() -> None:
         root = cifar_folder(archive, Path(tmp), args.per_class)
         extract_s = time.perf_counter() - started
         config = load_config(args.preset, overrides=[f"data.path={root / 'train'}", *overrides])
-        calibration = calibrate(config, Path(tmp) / "calibration", args.warmup, args.calibration)
+        calibration = measure_loop(config, Path(tmp) / "calibration", args.warmup, args.calibration)
         epoch_s = calibration["steps_per_epoch"] * calibration["median_step_s"]
         epochs = max(1, math.floor(args.minutes * 60 / epoch_s))
         config = load_config(args.preset, overrides=[f"data.path={root / 'train'}", *overrides, f"train.epochs={epochs}"])
