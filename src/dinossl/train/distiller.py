@@ -92,8 +92,10 @@ class Distiller:
             with torch.no_grad():
                 teacher_logits = self.teacher_forward(crops[:self.num_teacher_views])
             student_logits = self.student_forward(crops)
-        # A CPU scalar tensor: a compiled loss takes each epoch's temperature without recompiling.
-        teacher_temp = torch.tensor(values.teacher_temp, dtype=torch.float32) if self.compiled else values.teacher_temp
+        # As a tensor (filled on the device, no host copy), a compiled loss takes each epoch's
+        # temperature without recompiling.
+        teacher_temp = (torch.full((), values.teacher_temp, device=self.loss_fn.center.device) if self.compiled
+                        else values.teacher_temp)
         loss, stats = self.loss_forward(student_logits, teacher_logits, teacher_temp)
 
         self.optimizer.zero_grad(set_to_none=True)
