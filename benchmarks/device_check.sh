@@ -77,13 +77,13 @@ else
   LOOP=(--preset vit-small-imagenet train.batch_size_per_process=64 data.crops.num_local=10 data.num_workers=8
         train.precision=auto data.geometric=per_image data.photometric=loader --warmup 3 --steps 12)
   CIFAR=(--minutes 3 train.batch_size_per_process=256 data.num_workers=8)
-  GPU_CHECK_MINUTES=1
+  GPU_CHECK_MINUTES=0.15  # per precision (fp32, bf16, fp16)
 fi
 
 # 1. The GPU-marked tests (on a CPU they skip, each with its reason); only the files that hold
 #    some, so that a test module needing an optional package elsewhere cannot stop collection.
 GPU_TEST_FILES=$(grep -rl "pytest.mark.gpu" tests --include='test_*.py' | sort)
-part gpu_tests 90 $PYTHON -m pytest -q -p no:cacheprovider -m gpu -rs --junitxml="$OUT/gpu_tests.xml" $GPU_TEST_FILES
+part gpu_tests 75 $PYTHON -m pytest -q -p no:cacheprovider -m gpu -rs --junitxml="$OUT/gpu_tests.xml" $GPU_TEST_FILES
 
 # 2. The reference's step and the package's, same configuration and device, with the levers.
 if [ "$DRY_RUN" != 1 ] && [ "$GPU" != 1 ]; then
@@ -91,14 +91,14 @@ if [ "$DRY_RUN" != 1 ] && [ "$GPU" != 1 ]; then
 elif [ ! -f "$REFERENCE/main_dino.py" ]; then
   skip compare "no reference clone at $REFERENCE (set DINO_REFERENCE to a clone of facebookresearch/dino)"
 else
-  part compare 120 $PYTHON benchmarks/compare_reference.py "$REFERENCE" "${COMPARE[@]}" --out "$OUT/compare.json"
+  part compare 100 $PYTHON benchmarks/compare_reference.py "$REFERENCE" "${COMPARE[@]}" --out "$OUT/compare.json"
 fi
 
 # 3. The data pipeline alone: JPEG files decoded and cropped on the device, per process.
 if [ "$DRY_RUN" != 1 ] && [ "$GPU" != 1 ]; then
   skip augment "torch sees no CUDA device"
 else
-  part augment 40 $PYTHON benchmarks/augment_throughput.py "${AUGMENT[@]}" --out "$OUT/augment.json"
+  part augment 30 $PYTHON benchmarks/augment_throughput.py "${AUGMENT[@]}" --out "$OUT/augment.json"
 fi
 
 # 4. The training loop end to end on JPEG files of unequal sizes (the horses and DAVIS frames of
@@ -116,13 +116,16 @@ else
   for frame in "$JPEGS"/extracted/davis2016/JPEGImages/480p/*/*.jpg; do
     ln -sf "$frame" "$JPEGS/data/davis/$(basename "$(dirname "$frame")")-$(basename "$frame")"
   done
-  part loop 60 $PYTHON benchmarks/loop_throughput.py "${LOOP[@]}" "data.path=$JPEGS/data" \
+  part loop 45 $PYTHON benchmarks/loop_throughput.py "${LOOP[@]}" "data.path=$JPEGS/data" \
     --compare data.photometric=device,data.geometric=device --out "$OUT/loop.json"
 fi
 
 # 5. The bf16/fp16 step checks, when present in this checkout.
 if [ -f benchmarks/gpu_checks.py ]; then
-  part gpu_checks 60 $PYTHON benchmarks/gpu_checks.py --out "$OUT/gpu_checks.json" --minutes "$GPU_CHECK_MINUTES"
+  GPU_CHECK_ARGS=(--out "$OUT/gpu_checks.json" --minutes "$GPU_CHECK_MINUTES")
+  grep -q -- "--no-tests" benchmarks/gpu_checks.py && GPU_CHECK_ARGS+=(--no-tests)  # part 1 ran them
+  [ "$DRY_RUN" = 1 ] && grep -q -- "--dry-run" benchmarks/gpu_checks.py && GPU_CHECK_ARGS+=(--dry-run)
+  part gpu_checks 45 $PYTHON benchmarks/gpu_checks.py "${GPU_CHECK_ARGS[@]}"
 else
   skip gpu_checks "benchmarks/gpu_checks.py is not in this checkout"
 fi
@@ -134,7 +137,7 @@ elif [ ! -f "$DINOSSL_SHARED_DATA/cifar10-jpg.tar.gz" ]; then
   skip cifar10 "$DINOSSL_SHARED_DATA/cifar10-jpg.tar.gz not found (set DINOSSL_SHARED_DATA)"
 else
   if [ "$DRY_RUN" != 1 ]; then  # the training gets what the budget leaves after ~60 s of setup and k-NN
-    MINUTES=$($PYTHON -c "print(round(max(0.5, min(3.0, ($(left) - 70) / 60)), 2))")
+    MINUTES=$($PYTHON -c "print(round(max(0.5, min(3.0, ($(left) - 65) / 60)), 2))")
     CIFAR[1]=$MINUTES
   fi
   part cifar10 260 $PYTHON benchmarks/timed_cifar10.py "${CIFAR[@]}" --out "$OUT/cifar10.json"

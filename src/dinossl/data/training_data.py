@@ -37,10 +37,12 @@ class TrainingData:
 
 
 def build_training_data(data: DataConfig, recipe: CropRecipe, batch_size: int, rank: int, world_size: int,
-                        seed: int, pin_memory: bool, device: torch.device = torch.device("cpu")) -> TrainingData:
+                        seed: int, device: torch.device | str = "cpu") -> TrainingData:
     """Open ``data.path`` (None: the built-in sample) and choose the crop loader: batched crops of
     in-memory images (``data.geometric=batched``), images decoded and cropped on ``device``
-    (``data.geometric=device``) or per-image crops in loader workers."""
+    (``data.geometric=device``) or per-image crops in loader workers (pinned batches when
+    ``device`` is a GPU)."""
+    device = torch.device(device)
     source = open_images(data.path, "train")
     skipped = 0
     if data.geometric == "batched":  # decode once; unreadable files are dropped here
@@ -55,5 +57,5 @@ def build_training_data(data: DataConfig, recipe: CropRecipe, batch_size: int, r
         loader = DeviceCropLoader(source, sampler, batch_size, recipe, seed, data.num_workers, device)
     else:
         dataset = MultiCropDataset(source, build_multicrop_transform(data, recipe), seed)
-        loader = build_train_loader(dataset, sampler, batch_size, data.num_workers, pin_memory=pin_memory)
+        loader = build_train_loader(dataset, sampler, batch_size, data.num_workers, pin_memory=device.type == "cuda")
     return TrainingData(loader, sampler, len(source), skipped)

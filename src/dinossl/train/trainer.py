@@ -119,7 +119,7 @@ def build_run(config: Config, output_dir: str | Path, init_from: Optional[str] =
     recipe = CropRecipe.from_config(config.data.crops)
     tcfg = config.train
     data = build_training_data(config.data, recipe, tcfg.batch_size_per_process, ctx.rank, ctx.world_size,
-                               tcfg.seed, pin_memory=ctx.device.type == "cuda", device=ctx.device)
+                               tcfg.seed, ctx.device)
     if init_from is not None and checkpoint is not None and ctx.is_main:
         log.warning("--init-from %s ignored: %s holds a checkpoint, which is resumed", init_from, output_dir)
     distiller = build_distiller(config, ctx, recipe.num_global, init_from if checkpoint is None else None)

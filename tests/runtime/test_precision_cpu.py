@@ -1,4 +1,4 @@
-"""The precision rule: which autocast dtype "auto" and the explicit names give on a device."""
+"""The CPU side of the precision rule: bf16 autocast where the CPU multiplies bf16 natively."""
 
 from __future__ import annotations
 
