@@ -51,12 +51,16 @@ def test_yaml_then_overrides(tmp_path):
         ("loss.criterion=l1", "loss.criterion"),
         ("model.predictor=2", "model.predictor"),
         ("train.knn_student=yes please", "train.knn_student"),
+        ("optim.implementation=magic", "optim.implementation"),
+        (["model.arch=resnet50", "train.pack_crops=true"], "train.pack_crops"),
+        (["model.arch=resnet50", "train.activation_checkpointing=true"], "train.activation_checkpointing"),
+        (["data.photometric=loader", "data.geometric=device"], "data.geometric"),
         ("nonsense", "nonsense"),
     ],
 )
 def test_bad_values_name_the_field(override, field):
     with pytest.raises(ConfigError) as info:
-        load_config("vit-tiny-cifar", overrides=[override])
+        load_config("vit-tiny-cifar", overrides=override if isinstance(override, list) else [override])
     assert str(info.value).startswith(field)
 
 

@@ -110,3 +110,16 @@ def test_initialisation_follows_the_reference_recipe():
             assert 0.019 < module.weight.std().item() < 0.021 and torch.all(module.bias == 0)
         if isinstance(module, torch.nn.LayerNorm):
             assert torch.all(module.weight == 1) and torch.all(module.bias == 0)
+
+
+def test_cpu_bf16_patch_embedding_is_timms_convolution(vit):
+    x = torch.randn(3, 3, 32, 48)
+    assert torch.equal(vit._embed_patches(x), vit.patch_embed(x))  # fp32: timm's own convolution
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        patches = vit._embed_patches(x)
+        convolved = vit.patch_embed(x)
+    assert patches.shape == (3, 32 // vit.patch_size, 48 // vit.patch_size, 192)
+    assert patches.dtype == torch.bfloat16 and not torch.equal(patches, convolved)  # the matmul path ran
+    exact = vit.patch_embed(x)  # fp32; both bf16 results round the same sum
+    torch.testing.assert_close(patches.float(), exact, rtol=0.02, atol=0.02)
+    torch.testing.assert_close(convolved.float(), exact, rtol=0.02, atol=0.02)

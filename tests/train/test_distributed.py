@@ -33,9 +33,11 @@ def _free_port() -> int:
 
 
 def _overrides(folder, per_process, *extra):
+    """fp32: the processes' results agree with one process's to float32 rounding, which bf16 (the
+    CPU's "auto" where it has native bf16) would widen by how the batch is split."""
     kept = [o for o in TINY_OVERRIDES if not o.startswith("train.batch_size_per_process")]
     return [*kept, f"data.path={folder}", f"train.batch_size_per_process={per_process}", "model.drop_path=0.0",
-            "train.log_every=1", *extra]
+            "train.log_every=1", "train.precision=fp32", *extra]
 
 
 def _args(folder, out, per_process, *extra):

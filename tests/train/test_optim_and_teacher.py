@@ -1,3 +1,4 @@
+import pytest
 import torch
 from torch import nn
 
@@ -32,6 +33,34 @@ def test_no_weight_decay_for_biases_and_1d_parameters():
     set_lr_and_weight_decay(optimizer, 0.1, 0.3)
     assert [g["weight_decay"] for g in optimizer.param_groups] == [0.3, 0.0]
     assert [g["lr"] for g in optimizer.param_groups] == [0.1, 0.1]
+
+
+@pytest.mark.parametrize("optimizer", ["adamw", "sgd"])
+def test_optimizer_implementations_make_the_same_update(optimizer):
+    torch.manual_seed(0)
+    initial = _net().state_dict()
+    finals = {}
+    for implementation in ("for_loop", "foreach", "fused", "auto"):
+        net = _net()
+        net.load_state_dict(initial)
+        opt = build_optimizer(net, OptimConfig(optimizer=optimizer, implementation=implementation))
+        for step in range(3):
+            set_lr_and_weight_decay(opt, 0.01 * (step + 1), 0.04)
+            # Random gradients of unit scale: through the network, some (the attention's key biases)
+            # are zero up to rounding, which Adam would blow up to a full lr step either way.
+            generator = torch.Generator().manual_seed(step)
+            for param in net.parameters():
+                param.grad = torch.randn(param.shape, generator=generator) if param.requires_grad else None
+            opt.step()
+        finals[implementation] = net.state_dict()
+        if implementation == "auto":  # on the CPU "auto" is torch's fused kernel
+            assert opt.defaults["fused"] is True
+    moved = (finals["for_loop"]["head.mlp.0.weight"] - initial["head.mlp.0.weight"]).abs().max()
+    assert moved > 1e-3
+    for implementation in ("foreach", "fused", "auto"):
+        for name, value in finals["for_loop"].items():
+            torch.testing.assert_close(finals[implementation][name], value, rtol=1e-5, atol=1e-6,
+                                       msg=f"{implementation}: {name}")
 
 
 def test_clipping_is_per_tensor():

@@ -35,7 +35,7 @@ def _assert_same_state(a, b):
     assert a["epoch"] == b["epoch"]
 
 
-@pytest.mark.parametrize("geometric", ["per_image", "batched"])
+@pytest.mark.parametrize("geometric", ["per_image", "batched", "device"])
 def test_resume_ends_in_the_same_state_as_an_uninterrupted_run(tmp_path, tiny_image_folder, geometric):
     extra = ["train.epochs=3", "optim.freeze_last_layer=1", "loss.warmup_teacher_temp_epochs=2",
              "loss.teacher_temp=0.06", f"data.geometric={geometric}"]

@@ -15,13 +15,14 @@ VIT_ARCHS = ("vit_tiny", "vit_small", "vit_base")
 ARCHS = VIT_ARCHS + ("resnet50",)
 PRECISIONS = ("auto", "fp32", "bf16", "fp16")
 PHOTOMETRIC_PLACES = ("loader", "device")
-GEOMETRIC_MODES = ("per_image", "batched")
+GEOMETRIC_MODES = ("per_image", "batched", "device")
 OPTIMIZERS = ("adamw", "sgd")
 LOGGERS = ("none", "wandb", "mlflow")
 # The paper's ablations (Tables 7-9, Figs. 6-7): the first value of each is DINO's.
 TEACHER_UPDATES = ("ema", "student", "previous_iteration", "previous_epoch")
 CENTERINGS = ("ema", "sinkhorn", "none")
 LOSS_CRITERIA = ("cross_entropy", "mse")
+OPTIMIZER_IMPLEMENTATIONS = ("auto", "fused", "foreach", "for_loop")
 
 
 @dataclass
@@ -53,6 +54,8 @@ class DataConfig:
     # How crops are cut: "per_image" (PIL, in the loader workers) or "batched" (one batched
     # resize per view in the training process; needs photometric=device and images of one size,
     # held in memory). See docs/training.md.
+    # "device": JPEG files read as bytes by the loader workers, decoded and cropped on the
+    # training device (nvJPEG on a GPU; images of any sizes; needs photometric=device).
     geometric: str = "per_image"
 
 
@@ -108,6 +111,8 @@ class OptimConfig:
     # momentum teacher), student (a copy after every step), previous_iteration (the student of
     # the previous iteration), previous_epoch (the student of the last epoch boundary)
     teacher_update: str = "ema"
+    # speed: how torch's optimizer runs (auto: fused, one kernel for all tensors, where torch has it)
+    implementation: str = "auto"
 
 
 @dataclass
@@ -138,6 +143,10 @@ class TrainConfig:
     logger_project: str = "dinossl"  # W&B project / MLflow experiment name
     # ablations: the k-NN checks also score the student beside the teacher (paper, Fig. 6 left)
     knn_student: bool = False
+    # speed levers (docs/benchmarks.md#speed-settings)
+    compile: bool = False  # torch.compile of student, teacher and loss (pays off on long runs)
+    pack_crops: bool = False  # ViT: one backbone pass for all crop resolutions (packed token sequences)
+    activation_checkpointing: bool = False  # ViT student: recompute block activations in backward (less memory)
 
 
 @dataclass

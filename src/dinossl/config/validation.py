@@ -13,6 +13,7 @@ from dinossl.config.schema import (
     GEOMETRIC_MODES,
     LOGGERS,
     LOSS_CRITERIA,
+    OPTIMIZER_IMPLEMENTATIONS,
     OPTIMIZERS,
     PHOTOMETRIC_PLACES,
     PRECISIONS,
@@ -77,8 +78,8 @@ def validate(c: Config) -> None:
          f"unknown place {d.photometric!r}; choose from {', '.join(PHOTOMETRIC_PLACES)}")
     need(d.geometric in GEOMETRIC_MODES, "data.geometric",
          f"unknown mode {d.geometric!r}; choose from {', '.join(GEOMETRIC_MODES)}")
-    need(d.geometric != "batched" or d.photometric == "device", "data.geometric",
-         "batched crops need data.photometric=device")
+    need(d.geometric == "per_image" or d.photometric == "device", "data.geometric",
+         f"{d.geometric} crops need data.photometric=device")
     need(lo.student_temp > 0, "loss.student_temp", f"must be positive, got {lo.student_temp}")
     need(lo.teacher_temp > 0, "loss.teacher_temp", f"must be positive, got {lo.teacher_temp}")
     need(lo.warmup_teacher_temp > 0, "loss.warmup_teacher_temp", f"must be positive, got {lo.warmup_teacher_temp}")
@@ -92,6 +93,8 @@ def validate(c: Config) -> None:
     need(o.warmup_epochs >= 0, "optim.warmup_epochs", f"must be >= 0, got {o.warmup_epochs}")
     need(o.freeze_last_layer >= 0, "optim.freeze_last_layer", f"must be >= 0, got {o.freeze_last_layer}")
     need(o.optimizer in OPTIMIZERS, "optim.optimizer", f"unknown optimizer {o.optimizer!r}; choose from {', '.join(OPTIMIZERS)}")
+    need(o.implementation in OPTIMIZER_IMPLEMENTATIONS, "optim.implementation",
+         f"unknown implementation {o.implementation!r}; choose from {', '.join(OPTIMIZER_IMPLEMENTATIONS)}")
     need(0.0 <= o.momentum_teacher <= 1.0, "optim.momentum_teacher", f"must be in [0, 1], got {o.momentum_teacher}")
     need(t.epochs > 0, "train.epochs", f"must be positive, got {t.epochs}")
     need(t.epochs <= MAX_EPOCHS, "train.epochs", f"must be at most {MAX_EPOCHS:,}, got {t.epochs}")
@@ -122,3 +125,5 @@ def validate(c: Config) -> None:
     need(lo.sinkhorn_iterations >= 1, "loss.sinkhorn_iterations", f"must be >= 1, got {lo.sinkhorn_iterations}")
     need(lo.criterion in LOSS_CRITERIA, "loss.criterion",
          f"unknown loss criterion {lo.criterion!r}; choose from {', '.join(LOSS_CRITERIA)}")
+    for name in ("pack_crops", "activation_checkpointing"):
+        need(not getattr(t, name) or m.arch in VIT_ARCHS, f"train.{name}", f"needs a ViT (model.arch={m.arch})")

@@ -11,6 +11,7 @@ import torch
 from dinossl.config import DataConfig
 from dinossl.data.batched_crops import BatchedCropLoader, images_in_memory
 from dinossl.data.crop_recipe import CropRecipe
+from dinossl.data.device_crops import DeviceCropLoader
 from dinossl.data.sample import open_images
 from dinossl.data.loader import MultiCropDataset, ShardedEpochSampler, build_multicrop_transform, build_train_loader
 from dinossl.data.photometric_params import RawCrops
@@ -42,8 +43,9 @@ class TrainingData:
 def build_training_data(data: DataConfig, recipe: CropRecipe, batch_size: int, rank: int, world_size: int,
                         seed: int, device: torch.device | str = "cpu") -> TrainingData:
     """Open ``data.path`` (None: the built-in sample) and choose the crop loader: batched crops of
-    in-memory images cut on the training ``device`` (``data.geometric=batched``) or per-image
-    crops in loader workers (pinned batches when ``device`` is a GPU)."""
+    in-memory images cut on the training ``device`` (``data.geometric=batched``), images decoded
+    and cropped on ``device`` (``data.geometric=device``) or per-image crops in loader workers
+    (pinned batches when ``device`` is a GPU)."""
     device = torch.device(device)
     source = open_images(data.path, "train")
     skipped = 0
@@ -55,6 +57,8 @@ def build_training_data(data: DataConfig, recipe: CropRecipe, batch_size: int, r
                         "lower train.batch_size_per_process")
     if data.geometric == "batched":
         loader: Iterable[Batch] = BatchedCropLoader(source, sampler, batch_size, recipe, seed, device)
+    elif data.geometric == "device":
+        loader = DeviceCropLoader(source, sampler, batch_size, recipe, seed, data.num_workers, device)
     else:
         dataset = MultiCropDataset(source, build_multicrop_transform(data, recipe), seed)
         loader = build_train_loader(dataset, sampler, batch_size, data.num_workers, pin_memory=device.type == "cuda")

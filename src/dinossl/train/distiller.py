@@ -7,13 +7,17 @@ last-layer freeze, the optimiser step and the teacher's EMA, with this iteration
 values handed in. It changes only the distiller's own state and never syncs with the host.
 :meth:`Distiller.end_epoch` is called after an epoch's last step (the previous-epoch teacher
 of the ablations is replaced there).
+
+With ``train.compile`` the student, the teacher and the loss run through ``torch.compile``
+(:meth:`Distiller.compile`); the modules themselves, their state dicts and checkpoints are
+unchanged.
 """
 
 from __future__ import annotations
 
 import logging
 from functools import cached_property
-from typing import Any, Optional
+from typing import Any, Callable, Optional
 
 import torch
 from torch import nn
@@ -61,8 +65,21 @@ class Distiller:
                  teacher_update: Optional[TeacherUpdate] = None) -> None:
         self.student, self.teacher, self.loss_fn = student, teacher, loss_fn
         self.optimizer, self.scaler, self.amp_dtype, self.clip_grad = optimizer, scaler, amp_dtype, clip_grad
-        self.student_forward = student_forward if student_forward is not None else student
+        self.student_forward: Callable[..., Any] = student_forward if student_forward is not None else student
+        self.teacher_forward: Callable[..., Any] = teacher
+        self.loss_forward: Callable[..., Any] = loss_fn
+        self.compiled = False
         self.teacher_update = teacher_update if teacher_update is not None else TeacherUpdate("ema")
+
+    def compile(self) -> None:
+        """Run the student (or its DDP wrapper), the teacher and the loss through
+        ``torch.compile`` from the next step on: the first step (and each new crop shape)
+        pays the compilation."""
+        if not self.compiled:
+            self.student_forward = torch.compile(self.student_forward)
+            self.teacher_forward = torch.compile(self.teacher)
+            self.loss_forward = torch.compile(self.loss_fn)
+            self.compiled = True
 
     @cached_property
     def trainable_params(self) -> list[torch.Tensor]:
@@ -79,9 +96,13 @@ class Distiller:
         device_type = crops[0].device.type
         with torch.autocast(device_type, dtype=self.amp_dtype or torch.float32, enabled=self.amp_dtype is not None):
             with torch.no_grad():
-                teacher_logits = self.teacher(crops[:self.num_teacher_views])
+                teacher_logits = self.teacher_forward(crops[:self.num_teacher_views])
             student_logits = self.student_forward(crops)
-        loss, stats = self.loss_fn(student_logits, teacher_logits, values.teacher_temp)
+        # As a tensor (filled on the device, no host copy), a compiled loss takes each epoch's
+        # temperature without recompiling.
+        teacher_temp = (torch.full((), values.teacher_temp, device=self.loss_fn.center.device) if self.compiled
+                        else values.teacher_temp)
+        loss, stats = self.loss_forward(student_logits, teacher_logits, teacher_temp)
 
         self.optimizer.zero_grad(set_to_none=True)
         self.scaler.scale(loss).backward()
@@ -126,11 +147,15 @@ def build_distiller(config: Config, ctx: DistContext, num_teacher_views: int,
                     init_from: Optional[str] = None) -> Distiller:
     """Networks seeded from ``train.seed`` (identical on every rank), the student's backbone
     optionally initialised from released weights, SyncBatchNorm and DDP when distributed, the
-    loss, AdamW/SGD, the precision ``train.precision`` resolves to on ``ctx.device`` and the
-    teacher update ``optim.teacher_update`` names."""
+    loss, AdamW/SGD, the precision ``train.precision`` resolves to on ``ctx.device``, the
+    teacher update ``optim.teacher_update`` names and the speed settings ``train.pack_crops``,
+    ``train.activation_checkpointing``, ``train.compile``."""
     torch.manual_seed(config.train.seed)  # identical initial weights on every rank
     student = build_network(config.model, student=True)
     teacher = build_network(config.model, student=False)
+    student.pack_views = teacher.pack_views = config.train.pack_crops
+    if config.train.activation_checkpointing:
+        student.backbone.set_grad_checkpointing(True)  # the teacher keeps no activations anyway
     if init_from is not None:
         load_backbone_into(student.backbone, init_from)
         log.info("student backbone initialised from %s (fresh head)", init_from)
@@ -154,5 +179,8 @@ def build_distiller(config: Config, ctx: DistContext, num_teacher_views: int,
     optimizer = build_optimizer(student, config.optim)
     amp_dtype = resolve_precision(config.train.precision, ctx.device)
     scaler = torch.amp.GradScaler(ctx.device.type, enabled=amp_dtype == torch.float16)
-    return Distiller(student, teacher, loss_fn, optimizer, scaler, amp_dtype, config.optim.clip_grad, student_forward,
-                     TeacherUpdate(config.optim.teacher_update))
+    distiller = Distiller(student, teacher, loss_fn, optimizer, scaler, amp_dtype, config.optim.clip_grad,
+                          student_forward, TeacherUpdate(config.optim.teacher_update))
+    if config.train.compile:
+        distiller.compile()
+    return distiller

@@ -19,12 +19,32 @@ def parameter_groups(model: nn.Module) -> list[dict]:
     return [{"params": decay, "apply_wd": True}, {"params": no_decay, "weight_decay": 0.0, "apply_wd": False}]
 
 
+FUSED_DEVICE_TYPES = ("cpu", "cuda")  # where torch's fused AdamW and SGD kernels run
+
+
+def implementation_options(implementation: str, device_type: str) -> dict[str, bool]:
+    """torch.optim keyword arguments for ``optim.implementation``: "fused" (one kernel updates
+    all tensors), "foreach" (one kernel per operation over all tensors), "for_loop" (tensor by
+    tensor), "auto" (fused on CPUs and GPUs, else torch's default). They compute the same update
+    up to float rounding."""
+    if implementation == "fused" or (implementation == "auto" and device_type in FUSED_DEVICE_TYPES):
+        return {"fused": True}
+    if implementation == "foreach":
+        return {"foreach": True}
+    if implementation == "for_loop":
+        return {"foreach": False}
+    return {}
+
+
 def build_optimizer(model: nn.Module, config: OptimConfig) -> torch.optim.Optimizer:
-    """AdamW (betas 0.9/0.999) or SGD with momentum 0.9; lr and weight decay are set per step."""
+    """AdamW (betas 0.9/0.999) or SGD with momentum 0.9 over the model's parameters (already on
+    their device); lr and weight decay are set per step."""
     groups = parameter_groups(model)
+    device_type = next(model.parameters()).device.type
+    options = implementation_options(config.implementation, device_type)
     if config.optimizer == "sgd":
-        return torch.optim.SGD(groups, lr=0.0, momentum=0.9)
-    return torch.optim.AdamW(groups, lr=0.0, betas=(0.9, 0.999))
+        return torch.optim.SGD(groups, lr=0.0, momentum=0.9, **options)
+    return torch.optim.AdamW(groups, lr=0.0, betas=(0.9, 0.999), **options)
 
 
 def set_lr_and_weight_decay(optimizer: torch.optim.Optimizer, lr: float, weight_decay: float) -> None:

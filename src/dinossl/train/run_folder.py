@@ -37,6 +37,11 @@ RUNTIME_FIELDS = frozenset(
         "train.attention_images",
         "train.logger",
         "train.logger_project",
+        # speed levers: the same computation up to float rounding (and drop-path's draw order)
+        "train.compile",
+        "train.pack_crops",
+        "train.activation_checkpointing",
+        "optim.implementation",
     }
 )
 

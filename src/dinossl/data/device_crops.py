@@ -1,0 +1,219 @@
+"""``data.geometric=device``: JPEG files decoded and cropped on the training device.
+
+On a GPU the loader's JPEG decoding is the first wall (a PIL pipeline decodes tens of
+ImageNet-sized images per second per process). Here the loader workers only read each
+file's bytes and its size from the header, and draw the image's crop boxes, flips and
+photometric parameters; the training process then decodes the whole batch at once on the
+device (torchvision's ``decode_jpeg``: nvJPEG on a GPU, libjpeg-turbo on a CPU) and cuts each
+crop there: the box resized to the view's size bicubically with antialiasing (torchvision's
+``resized_crop`` on float tensors; torch's cubic kernel, a = -0.75, where PIL's has -0.5),
+flipped where drawn. The crops leave as the same
+:class:`~dinossl.data.photometric_params.RawCrops` the other paths yield, so the device-side
+photometric step is shared. Images may have any sizes.
+
+Files that are not JPEG are decoded by PIL in the worker and travel as pixels. A file whose
+header or data cannot be read is skipped and counted, as on the other paths.
+
+Random draws: each image's boxes, flips and parameters come from a generator seeded by
+(seed, epoch, index), so they do not depend on the number of processes or workers, nor on the
+batch; they are drawn with the rules of the batched path (RandomResizedCrop's box rule,
+p = 0.5 flip, the recipe's per-view probabilities), not with the per-image path's calls.
+"""
+
+from __future__ import annotations
+
+import io
+import logging
+import warnings
+from pathlib import Path
+from typing import Iterator, NamedTuple, Optional
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+from PIL import Image, UnidentifiedImageError
+from torch.utils.data import DataLoader, Dataset
+from torchvision.io import ImageReadMode, decode_jpeg
+
+from dinossl.config import CropConfig
+from dinossl.data.batched_crops import draw_params_batch, random_resized_boxes
+from dinossl.data.crop_recipe import FLIP_P, CropRecipe, crop_recipe
+from dinossl.data.images import ArrayImages, ImageFolder
+from dinossl.data.loader import ShardedEpochSampler, sample_seed
+from dinossl.data.photometric_params import RawCrops
+
+log = logging.getLogger("dinossl")
+
+JPEG_MAGIC = b"\xff\xd8\xff"
+
+
+class EncodedImage(NamedTuple):
+    """One image as the worker leaves it: ``data`` is the file's bytes (uint8 (N,), a JPEG to
+    decode on the device) or its pixels (uint8 (3, H, W), another format decoded by PIL);
+    boxes (V, 4) as (top, left, height, width), flips (V,) bool and photometric parameters
+    (V, NUM_PARAMS) for the recipe's V views; the label."""
+
+    data: torch.Tensor
+    boxes: torch.Tensor
+    flips: torch.Tensor
+    params: torch.Tensor
+    label: int
+
+
+class EncodedBatch(NamedTuple):
+    """A batch of EncodedImage, view-wise: data (B items), boxes (B, V, 4), flips (B, V),
+    params (B, V, NUM_PARAMS), labels (B,), and the number of unreadable images skipped."""
+
+    data: list[torch.Tensor]
+    boxes: torch.Tensor
+    flips: torch.Tensor
+    params: torch.Tensor
+    labels: torch.Tensor
+    skipped: int
+
+
+def draw_views(recipe: CropRecipe, height: int, width: int, generator: torch.Generator
+               ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """One image's boxes (V, 4), flips (V,) and parameters (V, NUM_PARAMS) for the recipe's views."""
+    boxes, flips, params = [], [], []
+    for view in recipe.views:
+        boxes.append(random_resized_boxes(1, height, width, view.scale, generator)[0])
+        flips.append(torch.rand(1, generator=generator)[0] < FLIP_P)
+        params.append(draw_params_batch(view.photometry, 1, generator)[0])
+    return torch.stack(boxes), torch.stack(flips), torch.stack(params)
+
+
+class EncodedImageDataset(Dataset):
+    """Indexed by (index, epoch), like :class:`~dinossl.data.loader.MultiCropDataset`; returns
+    an :class:`EncodedImage`, or None for an unreadable file. Images held in memory (the
+    built-in sample) travel as pixels."""
+
+    def __init__(self, source: ImageFolder | ArrayImages, crops: CropConfig | CropRecipe, seed: int) -> None:
+        self.source, self.recipe, self.seed = source, crop_recipe(crops), seed
+
+    def __len__(self) -> int:
+        return len(self.source)
+
+    def __getitem__(self, key: tuple[int, int]) -> Optional[EncodedImage]:
+        index, epoch = key
+        if isinstance(self.source, ArrayImages):
+            data = torch.from_numpy(self.source.pixels[index]).permute(2, 0, 1).contiguous()
+            height, width = data.shape[1:]
+        else:
+            loaded = self._read(self.source.files[index])
+            if loaded is None:
+                return None
+            data, height, width = loaded
+        generator = torch.Generator().manual_seed(sample_seed(self.seed, epoch, index))
+        boxes, flips, params = draw_views(self.recipe, height, width, generator)
+        return EncodedImage(data, boxes, flips, params, int(self.source.labels[index]))
+
+    @staticmethod
+    def _read(path: Path) -> Optional[tuple[torch.Tensor, int, int]]:
+        """A JPEG's bytes (other formats: pixels decoded by PIL) and the image's height and width."""
+        try:
+            raw = path.read_bytes()
+            with Image.open(io.BytesIO(raw)) as image:
+                width, height = image.size  # the header only
+                if raw.startswith(JPEG_MAGIC) and image.mode in ("RGB", "L"):
+                    data = torch.frombuffer(bytearray(raw), dtype=torch.uint8)
+                else:  # PNG, CMYK JPEG, ...: decoded here
+                    data = torch.from_numpy(np.array(image.convert("RGB"))).permute(2, 0, 1).contiguous()
+        except (UnidentifiedImageError, OSError, ValueError, SyntaxError) as exc:
+            log.debug("skipping unreadable image %s: %s", path, exc)
+            return None
+        return data, height, width
+
+
+def collate_encoded(items: list[Optional[EncodedImage]]) -> EncodedBatch:
+    good = [item for item in items if item is not None]
+    skipped = len(items) - len(good)
+    if not good:
+        empty = torch.empty(0)
+        return EncodedBatch([], empty, empty, empty, torch.empty(0, dtype=torch.long), skipped)
+    return EncodedBatch([item.data for item in good], torch.stack([item.boxes for item in good]),
+                        torch.stack([item.flips for item in good]), torch.stack([item.params for item in good]),
+                        torch.tensor([item.label for item in good], dtype=torch.long), skipped)
+
+
+def decode_batch(data: list[torch.Tensor], device: torch.device) -> list[Optional[torch.Tensor]]:
+    """Bytes or pixels -> uint8 (3, H, W) images on ``device`` (None where a JPEG fails to
+    decode); the JPEGs of the batch are decoded in one call on the device."""
+    images: list[Optional[torch.Tensor]] = [None] * len(data)
+    jpegs = [i for i, d in enumerate(data) if d.ndim == 1]
+    for i, d in enumerate(data):
+        if d.ndim == 3:
+            images[i] = d.to(device, non_blocking=True)
+    if not jpegs:
+        return images
+    with warnings.catch_warnings():  # torchvision >= 0.29 points to TorchCodec; its decoders still work
+        warnings.simplefilter("ignore", DeprecationWarning)
+        try:
+            decoded = decode_jpeg([data[i] for i in jpegs], mode=ImageReadMode.RGB, device=device)
+            for i, image in zip(jpegs, decoded):
+                images[i] = image
+        except RuntimeError:  # one bad file fails the batched call: decode one by one
+            for i in jpegs:
+                try:
+                    images[i] = decode_jpeg(data[i], mode=ImageReadMode.RGB, device=device)
+                except RuntimeError as exc:
+                    log.debug("skipping an image that does not decode: %s", exc)
+    return images
+
+
+def resized_crop(image: torch.Tensor, box: tuple[int, int, int, int], size: int, flip: bool) -> torch.Tensor:
+    """uint8 (3, H, W) -> uint8 (3, size, size): the box (top, left, height, width) resized
+    bicubically with antialiasing, flipped left-right if asked (torchvision's tensor
+    ``resized_crop`` + ``hflip``)."""
+    top, left, height, width = box
+    crop = image[None, :, top:top + height, left:left + width].float()
+    resized = F.interpolate(crop, size=(size, size), mode="bicubic", align_corners=False, antialias=True)
+    resized = resized.round_().clamp_(0, 255).to(torch.uint8)[0]
+    return resized.flip(-1) if flip else resized
+
+
+def cut_views(images: list[torch.Tensor], boxes: torch.Tensor, flips: torch.Tensor, params: torch.Tensor,
+              recipe: CropRecipe) -> list[RawCrops]:
+    """Decoded images (B of uint8 (3, H_i, W_i) on the device), boxes (B, V, 4), flips (B, V),
+    params (B, V, NUM_PARAMS) -> one RawCrops per view: uint8 (B, 3, S_v, S_v) on the device
+    and the view's (B, NUM_PARAMS) parameters (left on the CPU for the photometric step)."""
+    box_list = boxes.long().tolist()  # host values: cutting never waits for the device
+    flip_list = flips.tolist()
+    views = []
+    for v, view in enumerate(recipe.views):
+        pixels = torch.stack([resized_crop(image, tuple(box_list[i][v]), view.size, flip_list[i][v])
+                              for i, image in enumerate(images)])
+        views.append(RawCrops(pixels, params[:, v]))
+    return views
+
+
+class DeviceCropLoader:
+    """Iterates this process's batches of an epoch as (views, labels (B,), skipped images):
+    worker processes read the files (:class:`EncodedImageDataset`), this process decodes and
+    crops on ``device``; each view is a RawCrops whose pixels are already on ``device``."""
+
+    def __init__(self, source: ImageFolder | ArrayImages, sampler: ShardedEpochSampler, batch_size: int,
+                 crops: CropConfig | CropRecipe, seed: int, num_workers: int, device: torch.device) -> None:
+        self.recipe, self.device, self.sampler = crop_recipe(crops), device, sampler
+        self.loader = DataLoader(
+            EncodedImageDataset(source, self.recipe, seed), batch_size=batch_size, sampler=sampler, drop_last=True,
+            collate_fn=collate_encoded, num_workers=num_workers, persistent_workers=num_workers > 0,
+            pin_memory=device.type == "cuda", prefetch_factor=4 if num_workers > 0 else None,
+        )
+
+    def __len__(self) -> int:
+        return self.sampler.steps_per_epoch
+
+    def __iter__(self) -> Iterator[tuple[list[RawCrops], torch.Tensor, int]]:
+        for batch in self.loader:
+            images = decode_batch(batch.data, self.device)
+            kept = [i for i, image in enumerate(images) if image is not None]
+            skipped = batch.skipped + len(images) - len(kept)
+            if not kept:
+                yield [], batch.labels[:0], skipped
+                continue
+            index = torch.tensor(kept)
+            views = cut_views([images[i] for i in kept], batch.boxes[index], batch.flips[index],
+                              batch.params[index], self.recipe)
+            yield views, batch.labels[index], skipped
+
