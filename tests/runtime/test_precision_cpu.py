@@ -46,7 +46,7 @@ def test_explicit_names_on_the_cpu():
     cpu = torch.device("cpu")
     assert resolve_precision("fp32", cpu) is None
     assert resolve_precision("bf16", cpu) == torch.bfloat16
-    with pytest.raises(DinoError, match="fp16 needs a CUDA device"):
+    with pytest.raises(DinoError, match="fp16 needs a CUDA or Apple-silicon"):
         resolve_precision("fp16", cpu)
     with pytest.raises(DinoError, match="precision must be one of"):
         resolve_precision("fp8", cpu)

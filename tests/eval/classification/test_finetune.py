@@ -24,6 +24,7 @@ from dinossl.eval.classification.finetune import (
 from dinossl.eval.classification.supervised import evaluation_loader, training_loader
 from dinossl.models import build_vit
 from dinossl.runtime.distributed import DistContext
+from dinossl.runtime.precision import has_native_bf16
 
 CPU = DistContext(0, 1, 0, torch.device("cpu"))
 
@@ -141,12 +142,15 @@ class _AutocastSpy(nn.Module):
         return self.model(x)
 
 
-@pytest.mark.parametrize("precision, expected", [("auto", torch.float32), ("fp32", torch.float32),
+CPU_AUTO = torch.bfloat16 if has_native_bf16(CPU.device) else torch.float32
+
+
+@pytest.mark.parametrize("precision, expected", [("auto", CPU_AUTO), ("fp32", torch.float32),
                                                  ("bf16", torch.bfloat16)])
 def test_finetuning_precision_follows_the_training_rule(precision, expected):
-    """``finetune.precision`` resolves like ``train.precision`` (auto: fp32 on the CPU; bf16 on
-    GPUs of compute capability 8.0 and later, fp16 with a gradient scaler before: see
-    tests/runtime/test_precision.py), in training and evaluation forwards alike."""
+    """``finetune.precision`` resolves like ``train.precision`` (auto: bf16 on CPUs with native
+    bf16, else fp32 on the CPU; bf16 on GPUs of compute capability 8.0 and later, fp16 with a
+    gradient scaler before: see tests/runtime/), in training and evaluation forwards alike."""
     model = small_model(depth=1)
     spy = _AutocastSpy(model.backbone)
     model.backbone = spy
