@@ -29,6 +29,8 @@ from pathlib import Path
 import numpy as np
 import torch
 
+from dinossl.study.memory import PeakMemory
+
 
 def rss_bytes() -> int:
     """Current resident set size of this process (Linux /proc; 0 elsewhere)."""
@@ -79,10 +81,14 @@ def search_benchmark(args: argparse.Namespace, device: torch.device) -> dict:
         if device.type == "cuda":
             torch.cuda.reset_peak_memory_stats(device)
         before = rss_bytes()
+        search_peak = PeakMemory(torch.device("cpu"))
+        search_peak.reset()  # the peak of the search alone, not of writing the synthetic store
         start = time.perf_counter()
         found = pairs_above(rows, args.threshold, tile=args.tile, device=device, backend=args.backend)
         synchronise(device)
         seconds = time.perf_counter() - start
+        search_peak_bytes = search_peak.read()
+        search_peak.reset()  # the top-k queries' own peak below
         compared = args.n * (args.n - 1) // 2
         planted_found = int(((found.second == found.first + 1) & (found.first % 2 == 0)
                              & (found.first // 2 < args.planted)).sum())
@@ -101,8 +107,10 @@ def search_benchmark(args: argparse.Namespace, device: torch.device) -> dict:
             "search_s": round(seconds, 3), "pairs_per_s": compared / seconds,
             "topk_queries": queries, "k": min(args.k, args.n), "topk_s": round(query_seconds, 3),
             "queries_per_s": queries / query_seconds,
-            "rss_before_search_bytes": before, "peak_rss_bytes": peak_rss_bytes(),
-            "peak_rss_growth_bytes": peak_rss_bytes() - before,
+            "rss_before_search_bytes": before, "process_peak_rss_bytes": peak_rss_bytes(),
+            "search_peak_rss_bytes": search_peak_bytes,
+            "search_peak_rss_growth_bytes": (search_peak_bytes or 0) - before,
+            "topk_peak_rss_growth_bytes": (search_peak.read() or 0) - before,
         }
         if device.type == "cuda":
             record["peak_cuda_bytes"] = torch.cuda.max_memory_allocated(device)
@@ -146,7 +154,7 @@ def folder_benchmark(args: argparse.Namespace, device: torch.device) -> dict:
             "index_s": round(report.seconds, 3), "images_per_s": report.computed / report.seconds,
             "unreadable": len(report.unreadable), "dim": store.dim, "pairs_found": len(found),
             "search_s": round(seconds, 3), "pairs_per_s": compared / seconds if seconds > 0 else None,
-            "peak_rss_bytes": peak_rss_bytes(),
+            "process_peak_rss_bytes": peak_rss_bytes(),
             **({"peak_cuda_bytes": torch.cuda.max_memory_allocated(device)} if device.type == "cuda" else {}),
         }
 
