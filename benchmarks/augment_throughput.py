@@ -33,7 +33,6 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import platform
 import statistics
 import sys
 import tarfile
@@ -46,6 +45,9 @@ import numpy as np
 import torch
 from PIL import Image
 
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from machine import cpu_model  # noqa: E402
+
 
 def _upscaled(source, size: int):
     """The sample's images resized (bicubic) to size x size, as an in-memory image source."""
@@ -53,17 +55,6 @@ def _upscaled(source, size: int):
 
     pixels = np.stack([np.asarray(source.load(i)[0].resize((size, size), Image.BICUBIC)) for i in range(len(source))])
     return ArrayImages(pixels, np.zeros(len(pixels), dtype=np.int64), ["x"])
-
-
-def _cpu_model() -> str:
-    """The CPU's model name from /proc/cpuinfo (Linux), else what platform reports."""
-    try:
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("model name"):
-                return line.split(":", 1)[1].strip()
-    except OSError:
-        pass
-    return platform.processor() or platform.machine()
 
 
 def _median_time(work: Callable[[], None], repeats: int, sync: Callable[[], None]) -> tuple[float, list[float]]:
@@ -288,7 +279,7 @@ def main() -> None:
     report = {
         "benchmark": "augment_throughput",
         "command": " ".join([Path(sys.executable).name, *sys.argv]),
-        "machine": {"processor": _cpu_model(), "cpu_count": os.cpu_count(),
+        "machine": {"processor": cpu_model(), "cpu_count": os.cpu_count(),
                     "torch_threads": torch.get_num_threads(),
                     "device": torch.cuda.get_device_name(device) if device.type == "cuda" else "cpu"},
         "torch": torch.__version__,

@@ -4,22 +4,19 @@ gloo started as torchrun starts them), signals sent at a chosen step, and exact 
 from __future__ import annotations
 
 import json
-import os
 import signal
-import socket
 import subprocess
 import sys
 import time
 from pathlib import Path
 
-import pytest
 import torch
 
 from dinossl.safe_files import DIGEST_SUFFIX
 from dinossl.train.checkpoint import read_checkpoint
 from tests.conftest import TINY_OVERRIDES
+from tests.process_ranks import REPO, child_env, start_ranks, wait_all
 
-REPO = Path(__file__).resolve().parents[2]
 TRAIN_WORKER = Path(__file__).with_name("train_worker.py")
 DIST_WORKER = REPO / "tests" / "train" / "dist_worker.py"
 GLOBAL_BATCH = 16  # 64 images: 4 steps per epoch
@@ -34,41 +31,17 @@ def run_args(folder: Path, out: Path, geometric: str, per_process: int = GLOBAL_
             "loss.warmup_teacher_temp_epochs=1", *extra]
 
 
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
 def start(args: list[str], processes: int = 1, fault: str = "ok") -> list[subprocess.Popen]:
     """Start `dino train` with ``args`` in ``processes`` ranks (fault: see train_worker.py)."""
-    env = dict(os.environ, OMP_NUM_THREADS="1", PYTHONPATH=os.pathsep.join([str(REPO / "src"), str(REPO)]))
     if processes == 1:
-        return [subprocess.Popen([sys.executable, str(TRAIN_WORKER), fault, *args], env=env, cwd=REPO,
+        return [subprocess.Popen([sys.executable, str(TRAIN_WORKER), fault, *args], env=child_env(), cwd=REPO,
                                  stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)]
-    port = str(_free_port())
-    procs = []
-    for rank in range(processes):
-        rank_env = dict(env, RANK=str(rank), LOCAL_RANK=str(rank), WORLD_SIZE=str(processes),
-                        LOCAL_WORLD_SIZE=str(processes), MASTER_ADDR="127.0.0.1", MASTER_PORT=port)
-        procs.append(subprocess.Popen([sys.executable, str(DIST_WORKER), "ok", *args], env=rank_env, cwd=REPO,
-                                      stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True))
-    return procs
+    return start_ranks(DIST_WORKER, ["ok", *args], processes)
 
 
 def finish(procs: list[subprocess.Popen], timeout: float = 300) -> list[tuple[int, str]]:
     """Wait for every process; [(exit status, stderr)]."""
-    results = []
-    deadline = time.monotonic() + timeout
-    for proc in procs:
-        try:
-            _, err = proc.communicate(timeout=max(deadline - time.monotonic(), 1))
-        except subprocess.TimeoutExpired:
-            for p in procs:
-                p.kill()
-            pytest.fail(f"training did not end within {timeout} s")
-        results.append((proc.returncode, err))
-    return results
+    return wait_all(procs, timeout, "training")
 
 
 def steps_logged(out: Path) -> int:

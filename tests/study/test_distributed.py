@@ -2,46 +2,20 @@
 --parallel each process trains its own variant alone; without it, both train each variant
 together. Either way one report is written."""
 
-import os
-import socket
-import subprocess
-import sys
 from pathlib import Path
 
-import pytest
 import yaml
 
 from dinossl.train.checkpoint import read_checkpoint
 from tests.conftest import TINY_OVERRIDES
+from tests.process_ranks import start_ranks, wait_all
 
 WORKER = Path(__file__).with_name("study_worker.py")
 REPO = Path(__file__).resolve().parents[2]
 
 
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
 def _launch(args, timeout=420):
-    port, procs = _free_port(), []
-    for rank in range(2):
-        env = dict(os.environ, RANK=str(rank), LOCAL_RANK=str(rank), WORLD_SIZE="2", LOCAL_WORLD_SIZE="2",
-                   MASTER_ADDR="127.0.0.1", MASTER_PORT=str(port), OMP_NUM_THREADS="1",
-                   PYTHONPATH=os.pathsep.join([str(REPO / "src"), str(REPO)]))
-        procs.append(subprocess.Popen([sys.executable, str(WORKER), *args], env=env, cwd=REPO,
-                                      stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True))
-    results = []
-    for proc in procs:
-        try:
-            _, err = proc.communicate(timeout=timeout)
-        except subprocess.TimeoutExpired:
-            for p in procs:
-                p.kill()
-            pytest.fail(f"the study did not end within {timeout} s")
-        results.append((proc.returncode, err))
-    return results
+    return wait_all(start_ranks(WORKER, args, 2), timeout, "the study")
 
 
 def _args(tmp_path, folder, out, *extra):

@@ -5,31 +5,21 @@ variables), without torchrun, so that a dead peer is not cleaned up by a launche
 from __future__ import annotations
 
 import json
-import os
 import shutil
-import socket
-import subprocess
-import sys
 import time
 from pathlib import Path
 
-import pytest
 import torch
 
 from dinossl.config import load_config
 from dinossl.train import train
 from dinossl.train.checkpoint import read_checkpoint
 from tests.conftest import TINY_OVERRIDES
+from tests.process_ranks import start_ranks, wait_all
 
 WORKER = Path(__file__).with_name("dist_worker.py")
 REPO = Path(__file__).resolve().parents[2]
 BATCH = 16  # global batch; 64 images -> 4 steps per epoch
-
-
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 def _overrides(folder, per_process, *extra):
@@ -50,24 +40,7 @@ def _train_here(folder, out, per_process, *extra, **kwargs):
 
 def launch(scenario, world_size, train_args, timeout=420, ranks=None):
     """Start `world_size` ranks (or only those in `ranks`), wait, return [(returncode, stderr)]."""
-    port = _free_port()
-    procs = []
-    for rank in ranks if ranks is not None else range(world_size):
-        env = dict(os.environ, RANK=str(rank), LOCAL_RANK=str(rank), WORLD_SIZE=str(world_size),
-                   LOCAL_WORLD_SIZE=str(world_size), MASTER_ADDR="127.0.0.1", MASTER_PORT=str(port),
-                   OMP_NUM_THREADS="1", PYTHONPATH=os.pathsep.join([str(REPO / "src"), str(REPO)]))
-        procs.append(subprocess.Popen([sys.executable, str(WORKER), scenario, *train_args], env=env, cwd=REPO,
-                                      stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True))
-    results = []
-    for proc in procs:
-        try:
-            _, err = proc.communicate(timeout=timeout)
-        except subprocess.TimeoutExpired:
-            for p in procs:
-                p.kill()
-            pytest.fail(f"distributed run did not end within {timeout} s")
-        results.append((proc.returncode, err))
-    return results
+    return wait_all(start_ranks(WORKER, [scenario, *train_args], world_size, ranks), timeout, "distributed run")
 
 
 def _records(out):
