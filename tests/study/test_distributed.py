@@ -11,7 +11,6 @@ from tests.conftest import TINY_OVERRIDES
 from tests.process_ranks import start_ranks, wait_all
 
 WORKER = Path(__file__).with_name("study_worker.py")
-REPO = Path(__file__).resolve().parents[2]
 
 
 def _launch(args, timeout=420):

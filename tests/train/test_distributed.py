@@ -18,7 +18,6 @@ from tests.conftest import TINY_OVERRIDES
 from tests.process_ranks import start_ranks, wait_all
 
 WORKER = Path(__file__).with_name("dist_worker.py")
-REPO = Path(__file__).resolve().parents[2]
 BATCH = 16  # global batch; 64 images -> 4 steps per epoch
 
 
