@@ -117,4 +117,31 @@ def test_weight_norm_linear_output_is_float32_for_low_precision_inputs():
     with torch.autocast("cpu", dtype=torch.bfloat16):
         out = layer(x)
     assert out.dtype == torch.float32
-    torch.testing.assert_close(out, x.float() @ layer.weight.T, rtol=0, atol=0)
+    # float32 products of the bf16 input's exact values; only the order of the scaling differs
+    torch.testing.assert_close(out, x.float() @ layer.weight.T, rtol=1e-6, atol=3e-7)
+
+
+@pytest.mark.parametrize("fix_norm", [True, False])
+def test_weight_norm_linear_scales_the_output_as_the_normalised_weight_would(fix_norm):
+    """(x v^T) g / ||v|| and x (g v / ||v||)^T: the same output and gradients (v, g and x) to
+    float32 rounding, checked against a float64 restatement of the latter."""
+    torch.manual_seed(0)
+    layer = WeightNormLinear(32, 500, fix_norm=fix_norm)
+    with torch.no_grad():
+        layer.weight_g.uniform_(0.5, 2.0)
+    x = torch.randn(6, 32, requires_grad=True)
+    upstream = torch.randn(6, 500)
+    (layer(x) * upstream).sum().backward()
+
+    v64 = layer.weight_v.detach().double().requires_grad_()
+    g64 = layer.weight_g.detach().double().requires_grad_()
+    x64 = x.detach().double().requires_grad_()
+    out64 = x64 @ (g64 * v64 / v64.norm(dim=1, keepdim=True)).T
+    (out64 * upstream.double()).sum().backward()
+    torch.testing.assert_close(layer(x).double(), out64, rtol=1e-5, atol=1e-6)
+    torch.testing.assert_close(layer.weight_v.grad.double(), v64.grad, rtol=1e-4, atol=1e-6)
+    torch.testing.assert_close(x.grad.double(), x64.grad, rtol=1e-4, atol=1e-6)
+    if fix_norm:
+        assert layer.weight_g.grad is None
+    else:
+        torch.testing.assert_close(layer.weight_g.grad.double(), g64.grad, rtol=1e-4, atol=1e-6)
