@@ -64,8 +64,6 @@ class DINOLoss(nn.Module):
             raise ValueError(
                 f"student logits {tuple(student_logits.shape)} do not hold whole views of batch {batch}"
             )
-        log_p_student = F.log_softmax(student_logits.float() / self.student_temp, dim=-1)
-        log_p_student = log_p_student.view(num_views, batch, -1)
         with torch.no_grad():
             log_p_teacher = teacher_log_probs(teacher_logits, teacher_temp, self.centering, self.center,
                                               self.sinkhorn_iterations).view(num_teacher_views, batch, -1)
@@ -73,9 +71,11 @@ class DINOLoss(nn.Module):
 
         num_pairs = num_teacher_views * (num_views - 1)
         if self.criterion == "cross_entropy":
-            loss = _cross_entropy(log_p_student, p_teacher) / num_pairs
+            loss = _PairwiseCrossEntropy.apply(student_logits.float(), p_teacher, self.student_temp)
             cross_entropy = loss.detach()
         else:
+            log_p_student = F.log_softmax(student_logits.float() / self.student_temp, dim=-1)
+            log_p_student = log_p_student.view(num_views, batch, -1)
             loss = _normalised_squared_error(log_p_student.exp(), p_teacher) / num_pairs
             with torch.no_grad():
                 cross_entropy = _cross_entropy(log_p_student, p_teacher) / num_pairs
@@ -99,6 +99,41 @@ class DINOLoss(nn.Module):
             count *= dist.get_world_size()
         batch_mean = batch_sum / count
         self.center.mul_(self.center_momentum).add_(batch_mean, alpha=1 - self.center_momentum)
+
+
+class _PairwiseCrossEntropy(torch.autograd.Function):
+    """The DINO cross-entropy over pairs with a hand-written backward: the mean over teacher
+    views i and student views v != i of the batch-mean H(P_t(i), P_s(v)), P_s(v) =
+    softmax(z_v / student_temp).
+
+    Autograd through log-softmax, the per-view selection and the sums allocates several
+    (V, B, K) tensors (a zero-filled one per teacher view among them); the gradient in closed
+    form needs one: with n pairs and m_ib = sum_k P_t(i)_bk (1 up to rounding),
+    dL/dz_vb = (P_s(v)_b sum_{i != v} m_ib - sum_{i != v} P_t(i)_b) / (n B student_temp).
+    """
+
+    @staticmethod
+    def forward(ctx, student_logits: torch.Tensor, p_teacher: torch.Tensor, student_temp: float) -> torch.Tensor:
+        """student_logits (V * B, K) float32, p_teacher (G, B, K) -> the scalar loss."""
+        num_teacher_views, batch = p_teacher.shape[:2]
+        log_p_student = F.log_softmax(student_logits / student_temp, dim=-1).view(-1, batch, p_teacher.shape[2])
+        num_pairs = num_teacher_views * (log_p_student.shape[0] - 1)
+        ctx.student_temp, ctx.num_pairs = student_temp, num_pairs
+        ctx.save_for_backward(log_p_student, p_teacher)
+        return _cross_entropy(log_p_student, p_teacher) / num_pairs
+
+    @staticmethod
+    def backward(ctx, grad_loss: torch.Tensor):
+        log_p_student, p_teacher = ctx.saved_tensors
+        num_teacher_views, batch = p_teacher.shape[:2]
+        mass = p_teacher.sum(dim=-1, keepdim=True)  # (G, B, 1): m_ib
+        weights = mass.sum(dim=0).expand(log_p_student.shape[0], -1, -1).clone()  # (V, B, 1)
+        weights[:num_teacher_views] -= mass  # a teacher view is not paired with itself
+        grad = log_p_student.exp().mul_(weights)
+        grad.sub_(p_teacher.sum(dim=0))
+        grad[:num_teacher_views].add_(p_teacher)
+        grad.mul_(grad_loss / (ctx.num_pairs * batch * ctx.student_temp))
+        return grad.view(-1, grad.shape[2]), None, None
 
 
 def _cross_entropy(log_p_student: torch.Tensor, p_teacher: torch.Tensor) -> torch.Tensor:
