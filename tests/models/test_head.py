@@ -5,6 +5,7 @@ import torch
 import torch.nn.functional as F
 
 from dinossl.models import DINOHead, WeightNormLinear
+from dinossl.models.head import _NormalisedLinear
 
 
 def test_shapes_and_key_layout():
@@ -145,3 +146,57 @@ def test_weight_norm_linear_scales_the_output_as_the_normalised_weight_would(fix
         assert layer.weight_g.grad is None
     else:
         torch.testing.assert_close(layer.weight_g.grad.double(), g64.grad, rtol=1e-4, atol=1e-6)
+
+
+@pytest.mark.parametrize("learn_norm", [False, True])
+def test_normalised_linear_backward_passes_gradcheck(learn_norm):
+    """The hand-written backward of (x v^T) * g / ||v|| against finite differences (float64),
+    for x, v and, when it is learned, g."""
+    torch.manual_seed(1)
+    x = torch.randn(5, 7, dtype=torch.float64, requires_grad=True)
+    v = torch.randn(11, 7, dtype=torch.float64, requires_grad=True)
+    g = (torch.rand(11, 1, dtype=torch.float64) + 0.5).requires_grad_(learn_norm)
+    assert torch.autograd.gradcheck(_NormalisedLinear.apply, (x, v, g))
+
+
+def test_last_layer_backward_under_bf16_autocast_rounds_like_a_bf16_matmul():
+    """Under bf16 autocast the forward stays float32 (the same logits as without autocast) and
+    the backward's products take bf16 operands: the gradients stay within bf16 rounding of the
+    float32 ones, and are not the float32 ones."""
+    torch.manual_seed(3)
+    layer = WeightNormLinear(32, 4096)
+    inputs = F.normalize(torch.randn(40, 32), dim=-1)
+    upstream = torch.randn(40, 4096)
+    grads, outputs = {}, {}
+    for autocast in (False, True):
+        layer.zero_grad(set_to_none=True)
+        x = inputs.clone().requires_grad_()
+        with torch.autocast("cpu", dtype=torch.bfloat16, enabled=autocast):
+            out = layer(x, torch.bfloat16 if autocast else None)
+        (out * upstream).sum().backward()
+        outputs[autocast] = out.detach()
+        grads[autocast] = (layer.weight_v.grad.clone(), x.grad.clone())
+    assert outputs[True].dtype == torch.float32
+    torch.testing.assert_close(outputs[True], outputs[False], rtol=0, atol=0)
+    for low, full in zip(grads[True], grads[False]):
+        relative = ((low - full).norm() / full.norm()).item()
+        assert 1e-5 < relative < 1e-2  # bf16 operands: 8 significant bits, float32 sums
+
+
+def test_head_hands_its_autocast_dtype_to_the_last_layers_backward():
+    torch.manual_seed(4)
+    head = DINOHead(48, out_dim=1024, hidden_dim=64, bottleneck_dim=32)
+    features, upstream = torch.randn(24, 48), torch.randn(24, 1024)
+    grads = []
+    for backward_dtype in ("head", torch.bfloat16, None):
+        head.zero_grad(set_to_none=True)
+        with torch.autocast("cpu", dtype=torch.bfloat16):
+            if backward_dtype == "head":
+                out = head(features)
+            else:
+                bottleneck = F.normalize(head.mlp(features).float(), dim=-1)
+                out = head.last_layer(bottleneck, backward_dtype)
+        (out * upstream).sum().backward()
+        grads.append(head.last_layer.weight_v.grad.clone())
+    assert torch.equal(grads[0], grads[1])
+    assert not torch.equal(grads[0], grads[2])

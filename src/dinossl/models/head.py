@@ -1,13 +1,17 @@
 """DINO projection head: MLP, L2 normalisation, weight-normalised prototype layer.
 
-The L2 normalisation and the prototype layer always compute in float32, also under autocast:
-the logits are cosines (|z| <= 1) that the loss divides by temperatures as low as 0.04, so a
-bf16 output (8 significant bits) would round them to about 2e-3 before that division.
+The L2 normalisation and the prototype layer's forward always compute in float32, also under
+autocast: the logits are cosines (|z| <= 1) that the loss divides by temperatures as low as
+0.04, so a bf16 output (8 significant bits) would round them to about 2e-3 before that
+division. Its backward's two matmuls take operands of the autocast dtype, as every other
+layer's backward under autocast does: their rounding is small beside that of the gradients
+arriving from the rest of a bf16 network (``tests/models/test_head.py``).
 """
 
 from __future__ import annotations
 
 import contextlib
+from typing import Optional
 
 import torch
 from torch import nn
@@ -21,7 +25,67 @@ def float32_region(device: torch.device) -> contextlib.AbstractContextManager:
     return contextlib.nullcontext()
 
 
+def autocast_dtype(device: torch.device) -> Optional[torch.dtype]:
+    """The dtype autocast computes matmuls in on ``device``'s type, None when autocast is off."""
+    if torch.amp.is_autocast_available(device.type) and torch.is_autocast_enabled(device.type):
+        return torch.get_autocast_dtype(device.type)
+    return None
+
+
 NORM_EPS = 1e-12  # F.normalize's floor on a row norm
+
+
+class _NormalisedLinear(torch.autograd.Function):
+    """y = (x v^T) * s with s = g / ||v|| row by row of v: the output of ``x (g v / ||v||)^T``
+    without materialising the normalised (K, in) weight, and a hand-written backward that
+    allocates only the gradients themselves plus one (B, K) temporary.
+
+    Backward, with q = sum_b dy (x v^T) over the batch (per output k):
+    dx = (dy * s) v; dv = (dy * s)^T x - (s q / ||v||^2) v; dg = q / ||v||.
+    Rows of v whose norm is below ``NORM_EPS`` use the floor as their norm (as F.normalize
+    does) and get no gradient through it.
+    """
+
+    @staticmethod
+    def forward(ctx, x: torch.Tensor, v: torch.Tensor, g: torch.Tensor,
+                backward_dtype: Optional[torch.dtype] = None) -> torch.Tensor:
+        """x (B, in), v (K, in), g (K, 1), all float32 -> y (B, K) float32; ``backward_dtype``
+        (bf16 or fp16): the dtype of the backward's two matmul operands (float32 if None)."""
+        norm = torch.linalg.vector_norm(v, dim=1)
+        floored = norm.clamp_min(NORM_EPS)
+        scale = g.squeeze(1) / floored
+        products = F.linear(x, v)  # (B, K) = x v^T
+        learn_norm = ctx.needs_input_grad[2]
+        # With g frozen the backward needs only y = products * scale, so scale in place.
+        y = products * scale if learn_norm else products.mul_(scale)
+        ctx.learn_norm, ctx.backward_dtype = learn_norm, backward_dtype
+        ctx.save_for_backward(x, v, floored, scale, norm > NORM_EPS, products if learn_norm else y)
+        return y
+
+    @staticmethod
+    def backward(ctx, grad_y: torch.Tensor):
+        x, v, floored, scale, normed, saved = ctx.saved_tensors
+        grad_y = grad_y.contiguous()
+        work = grad_y * saved  # (B, K) temporary: dy * (x v^T), or dy * y with g frozen
+        q_scaled = work.sum(dim=0)  # sum_b dy (x v^T), times s when g is frozen
+        q = q_scaled if ctx.learn_norm else None
+        if ctx.learn_norm:
+            q_scaled = q * scale
+        scaled_grad = torch.mul(grad_y, scale, out=work)  # dy * s, reusing the temporary
+        low = ctx.backward_dtype
+        if low is not None:  # the products of the autocast dtype, as every other layer's backward
+            scaled_grad, v_operand, x_operand = scaled_grad.to(low), v.to(low), x.to(low)
+        else:
+            v_operand, x_operand = v, x
+        grad_x = (scaled_grad @ v_operand).float() if ctx.needs_input_grad[0] else None
+        grad_v = grad_g = None
+        if ctx.needs_input_grad[1]:
+            grad_v = (scaled_grad.t() @ x_operand).float()  # (K, in)
+            through_norm = torch.where(normed, -q_scaled / floored.square(), torch.zeros_like(q_scaled))
+            grad_v.addcmul_(v, through_norm.unsqueeze(1))
+        if ctx.learn_norm:
+            grad_g = (q / floored).unsqueeze(1)
+        return grad_x, grad_v, grad_g, None
 
 
 class WeightNormLinear(nn.Module):
@@ -45,16 +109,16 @@ class WeightNormLinear(nn.Module):
         """Effective weight (K, in)."""
         return self.weight_g * F.normalize(self.weight_v, dim=1, eps=NORM_EPS)
 
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
+    def forward(self, x: torch.Tensor, backward_dtype: Optional[torch.dtype] = None) -> torch.Tensor:
         """(B, in) -> (B, K) float32, whatever autocast is active (the input is cast to float32).
 
-        Computed as ``(x v^T) * (g / ||v||)`` column by column, which equals ``x (g v / ||v||)^T``
-        up to float rounding but never materialises the normalised (K, in) weight: with
-        K = 65,536 that weight and its backward were a fifth of a CPU training step."""
+        Computed as ``(x v^T) * (g / ||v||)`` column by column (:class:`_NormalisedLinear`),
+        which equals ``x (g v / ||v||)^T`` up to float rounding but never materialises the
+        normalised (K, in) weight: with K = 65,536 that weight and its backward were a fifth
+        of a CPU training step. ``backward_dtype`` (the caller's autocast dtype): the backward's
+        two matmuls take operands of that dtype; None (default): float32."""
         with float32_region(x.device):
-            v = self.weight_v.float()
-            scale = self.weight_g.float().squeeze(1) / torch.linalg.vector_norm(v, dim=1).clamp_min(NORM_EPS)
-            return F.linear(x.float(), v) * scale
+            return _NormalisedLinear.apply(x.float(), self.weight_v.float(), self.weight_g.float(), backward_dtype)
 
 
 class DINOHead(nn.Module):
@@ -92,8 +156,10 @@ class DINOHead(nn.Module):
 
     def forward(self, features: torch.Tensor) -> torch.Tensor:
         """(B, d) backbone features -> (B, K) float32 logits; the MLP follows autocast, the
-        normalisation and the last layer compute in float32."""
+        normalisation and the last layer's forward compute in float32 (its backward's matmuls
+        in the autocast dtype)."""
         x = self.mlp(features)
+        backward_dtype = autocast_dtype(x.device)  # read before the float32 region turns autocast off
         with float32_region(x.device):
             x = F.normalize(x.float(), dim=-1, p=2)
-            return self.last_layer(x)
+            return self.last_layer(x, backward_dtype)
