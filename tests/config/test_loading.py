@@ -52,6 +52,7 @@ def test_yaml_then_overrides(tmp_path):
         ("model.predictor=2", "model.predictor"),
         ("train.knn_student=yes please", "train.knn_student"),
         ("optim.implementation=magic", "optim.implementation"),
+        ("train.host_allocator=jemalloc", "train.host_allocator"),
         (["model.arch=resnet50", "train.pack_crops=true"], "train.pack_crops"),
         (["model.arch=resnet50", "train.activation_checkpointing=true"], "train.activation_checkpointing"),
         (["data.photometric=loader", "data.geometric=device"], "data.geometric"),

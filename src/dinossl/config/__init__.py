@@ -13,6 +13,7 @@ from dinossl.config.merge import parse_override
 from dinossl.config.schema import (
     ARCHS,
     CENTERINGS,
+    HOST_ALLOCATORS,
     LOSS_CRITERIA,
     TEACHER_UPDATES,
     VIT_ARCHS,
@@ -28,6 +29,7 @@ from dinossl.config.validation import validate
 
 __all__ = [
     "ARCHS",
+    "HOST_ALLOCATORS",
     "CENTERINGS",
     "DEFAULT_PRESET",
     "LOSS_CRITERIA",

@@ -23,6 +23,8 @@ TEACHER_UPDATES = ("ema", "student", "previous_iteration", "previous_epoch")
 CENTERINGS = ("ema", "sinkhorn", "none")
 LOSS_CRITERIA = ("cross_entropy", "mse")
 OPTIMIZER_IMPLEMENTATIONS = ("auto", "fused", "foreach", "for_loop")
+# auto: retain on CPU runs (dinossl.runtime.host_memory)
+HOST_ALLOCATORS = ("auto", "retain", "system")
 
 
 @dataclass
@@ -147,6 +149,7 @@ class TrainConfig:
     compile: bool = False  # torch.compile of student, teacher and loss (pays off on long runs)
     pack_crops: bool = False  # ViT: one backbone pass for all crop resolutions (packed token sequences)
     activation_checkpointing: bool = False  # ViT student: recompute block activations in backward (less memory)
+    host_allocator: str = "auto"  # retain: glibc keeps freed host memory for reuse; system: its defaults; auto: retain on CPU
 
 
 @dataclass

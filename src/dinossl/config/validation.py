@@ -11,6 +11,7 @@ from dinossl.config.schema import (
     ARCHS,
     CENTERINGS,
     GEOMETRIC_MODES,
+    HOST_ALLOCATORS,
     LOGGERS,
     LOSS_CRITERIA,
     OPTIMIZER_IMPLEMENTATIONS,
@@ -108,6 +109,8 @@ def validate(c: Config) -> None:
     need(t.threads >= 0, "train.threads", f"must be >= 0, got {t.threads}")
     need(t.knn_every >= 0, "train.knn_every", f"must be >= 0, got {t.knn_every}")
     need(isinstance(t.tf32, bool), "train.tf32", f"must be true or false, got {t.tf32!r}")
+    need(t.host_allocator in HOST_ALLOCATORS, "train.host_allocator",
+         f"unknown host allocator {t.host_allocator!r}; choose from {', '.join(HOST_ALLOCATORS)}")
     need(t.checkpoint_every_steps >= 0, "train.checkpoint_every_steps",
          f"must be >= 0, got {t.checkpoint_every_steps}")
     need(t.keep_every >= 0, "train.keep_every", f"must be >= 0, got {t.keep_every}")

@@ -41,6 +41,7 @@ RUNTIME_FIELDS = frozenset(
         "train.compile",
         "train.pack_crops",
         "train.activation_checkpointing",
+        "train.host_allocator",
         "optim.implementation",
     }
 )

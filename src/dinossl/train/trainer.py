@@ -34,6 +34,7 @@ from dinossl.errors import DataError
 from dinossl.outputs import check_writable
 from dinossl.objective import CollapseMonitor, TrainingSchedules, build_schedules, scaled_lr
 from dinossl.runtime.cuda_settings import configure_cuda
+from dinossl.runtime.host_memory import configure_host_allocator
 from dinossl.runtime.distributed import (
     DistContext,
     PeerFailure,
@@ -149,6 +150,7 @@ def build_run(config: Config, output_dir: str | Path, init_from: Optional[str] =
     # TF32 for fp32 runs only: mixed-precision runs keep their float32 parts (the head's last
     # layer, the loss) in IEEE float32.
     configure_cuda(ctx.device, tf32=config.train.tf32 and resolve_precision(config.train.precision, ctx.device) is None)
+    configure_host_allocator(config.train.host_allocator, ctx.device)
     if config.train.threads > 0:
         torch.set_num_threads(config.train.threads)
     checkpoint = check_run_folder(output_dir, config)
