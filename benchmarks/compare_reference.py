@@ -20,13 +20,19 @@ the timed steps, as its training loop does. Memory: on a GPU the peak of
 ``torch.cuda.max_memory_allocated`` over the steps; on the CPU the process's peak resident
 set size and its growth from before the first step (``step_memory_mb``).
 
+Host memory: the package's ``train.host_allocator`` (``auto``: glibc keeps freed memory for
+reuse on CPU runs) applies to its child process as in a real run; the reference runs with the C
+library's defaults, and with ``--reference-allocators system,retain`` a second time with the
+package's setting, so the ratio is also given like for like (``images_per_s_over_reference_retain``).
+
 Precision: the reference has fp32 and, on a GPU, fp16 autocast with a gradient scaler (its
 ``--use_fp16``, on by default); ``--reference-precision`` picks (default: fp16 on a GPU, fp32
 on the CPU). ``--precision`` sets the package's base precision.
 
 Levers (``--levers``): variants of the package measured in the same run, each the base plus
 one setting: bf16, fp16, compile, pack_crops, activation_checkpointing, for_loop_optimizer
-(``optim.implementation=for_loop`` instead of the fused default), foreach_optimizer. Extra
+(``optim.implementation=for_loop`` instead of the fused default), foreach_optimizer,
+system_allocator (``train.host_allocator=system``). Extra
 ``KEY=VALUE`` arguments change the base package's settings.
 
     python benchmarks/compare_reference.py ../dino-reference --out compare-cpu.json
@@ -78,6 +84,7 @@ LEVERS: dict[str, list[str]] = {
     "activation_checkpointing": ["train.activation_checkpointing=true"],
     "for_loop_optimizer": ["optim.implementation=for_loop"],
     "foreach_optimizer": ["optim.implementation=foreach"],
+    "system_allocator": ["train.host_allocator=system"],
 }
 # The step's scheduled values (the reference's defaults at a mid-training iteration).
 BASE_LR, WEIGHT_DECAY, MOMENTUM, TEACHER_TEMP, STUDENT_TEMP, CLIP_GRAD = 5e-4, 0.04, 0.996, 0.04, 0.1, 3.0
@@ -304,8 +311,13 @@ class Reference:
         return [b - a for a, b in zip(stamps, stamps[1:])]
 
 
-def measure_reference(source: str, spec: Spec, precision: str) -> dict[str, Any]:
+def measure_reference(source: str, spec: Spec, precision: str, host_allocator: str = "system") -> dict[str, Any]:
+    """The reference's step; ``host_allocator=retain`` gives its process the package's
+    allocator setting (``train.host_allocator``) for a like-for-like comparison."""
+    from dinossl.runtime.host_memory import configure_host_allocator
+
     device = _setup(spec)
+    retained = configure_host_allocator(host_allocator, device) if host_allocator != "system" else False
     reference = Reference(source, spec, device, precision, initial_student_state(spec, []))
     crops = make_crops(spec, device)
     baseline = _baseline(device)
@@ -313,7 +325,8 @@ def measure_reference(source: str, spec: Spec, precision: str) -> dict[str, Any]
     started = time.perf_counter()
     step_s = reference.run(crops, spec.steps)
     elapsed = time.perf_counter() - started
-    return {"precision": precision, **_timing(spec, warmup, elapsed, step_s), **_memory(device, baseline)}
+    return {"precision": precision, "host_allocator": host_allocator, "host_memory_retained": retained,
+            **_timing(spec, warmup, elapsed, step_s), **_memory(device, baseline)}
 
 
 # --------------------------------------------------------------------------------------------
@@ -336,7 +349,11 @@ def step_values(spec: Spec):
 
 
 def measure_package(spec: Spec, overrides: list[str]) -> dict[str, Any]:
+    from dinossl.runtime.host_memory import configure_host_allocator
+
     device = _setup(spec)
+    config = package_config(spec, overrides)
+    retained = configure_host_allocator(config.train.host_allocator, device)  # as build_run does
     distiller, config = build_package(spec, overrides)
     crops, values = make_crops(spec, device), step_values(spec)
     baseline = _baseline(device)
@@ -357,6 +374,7 @@ def measure_package(spec: Spec, overrides: list[str]) -> dict[str, Any]:
             "compile": config.train.compile, "pack_crops": config.train.pack_crops,
             "activation_checkpointing": config.train.activation_checkpointing,
             "optimizer_implementation": config.optim.implementation,
+            "host_allocator": config.train.host_allocator, "host_memory_retained": retained,
             **_timing(spec, warmup_s, elapsed), **_memory(device, baseline)}
 
 
@@ -423,13 +441,17 @@ def _ratios(results: dict[str, dict[str, Any]]) -> dict[str, dict[str, float]]:
     ratios = {}
     base = results.get("package", {})
     ref = results.get("reference", {})
+    ref_retained = results.get("reference+retain", {})
     for name, result in results.items():
-        if name == "reference" or "images_per_s" not in result:
+        if name.startswith("reference") or "images_per_s" not in result:
             continue
         entry = {}
         if "images_per_s" in ref:
             entry["images_per_s_over_reference"] = result["images_per_s"] / ref["images_per_s"]
             entry["peak_memory_over_reference"] = result["peak_memory_mb"] / ref["peak_memory_mb"]
+        if "images_per_s" in ref_retained:
+            entry["images_per_s_over_reference_retain"] = result["images_per_s"] / ref_retained["images_per_s"]
+            entry["peak_memory_over_reference_retain"] = result["peak_memory_mb"] / ref_retained["peak_memory_mb"]
         if name != "package" and "images_per_s" in base:
             entry["images_per_s_over_package"] = result["images_per_s"] / base["images_per_s"]
             entry["peak_memory_over_package"] = result["peak_memory_mb"] / base["peak_memory_mb"]
@@ -463,6 +485,9 @@ def main() -> None:
                         help="the package's base precision")
     parser.add_argument("--reference-precision", default=None, choices=["fp32", "fp16"],
                         help="the reference's (default: fp16 on a GPU, as its --use_fp16 default; fp32 on the CPU)")
+    parser.add_argument("--reference-allocators", default="system",
+                        help="comma-separated: system (the C library's defaults, as the reference runs), retain "
+                             "(the package's train.host_allocator=retain, for a like-for-like figure)")
     parser.add_argument("--levers", default="", help=f"comma-separated package variants: {', '.join(LEVERS)}")
     parser.add_argument("--steps", type=int, default=5, help="timed steps")
     parser.add_argument("--warmup", type=int, default=2, help="untimed steps first (the first compiles)")
@@ -479,6 +504,9 @@ def main() -> None:
     unknown = [lever for lever in filter(None, args.levers.split(",")) if lever not in LEVERS]
     if unknown:
         parser.error(f"unknown lever(s) {', '.join(unknown)}; choose from {', '.join(LEVERS)}")
+    reference_allocators = [a for a in args.reference_allocators.split(",") if a]
+    if not reference_allocators or any(a not in ("system", "retain") for a in reference_allocators):
+        parser.error(f"--reference-allocators takes system and/or retain, not {args.reference_allocators!r}")
     if not (Path(args.reference) / "main_dino.py").is_file():
         parser.error(f"{args.reference} holds no main_dino.py: give a clone of facebookresearch/dino")
     if args.device == "auto":
@@ -519,9 +547,11 @@ def main() -> None:
         report["sanity"] = in_child(sanity_check, args.reference, spec, base)
         print(json.dumps({"sanity": report["sanity"]}), flush=True)
         write()
-    results["reference"] = in_child(measure_reference, args.reference, spec, reference_precision)
-    print(json.dumps({"reference": results["reference"]}), flush=True)
-    write()
+    for allocator in reference_allocators:
+        name = "reference" if allocator == "system" else f"reference+{allocator}"
+        results[name] = in_child(measure_reference, args.reference, spec, reference_precision, allocator)
+        print(json.dumps({name: results[name]}), flush=True)
+        write()
     for name, overrides in variants.items():
         results[name] = in_child(measure_package, spec, overrides)
         print(json.dumps({name: results[name]}), flush=True)
