@@ -159,20 +159,26 @@ def test_normalised_linear_backward_passes_gradcheck(learn_norm):
     assert torch.autograd.gradcheck(_NormalisedLinear.apply, (x, v, g))
 
 
-def test_last_layer_backward_under_bf16_autocast_rounds_like_a_bf16_matmul():
-    """Under bf16 autocast the forward stays float32 (the same logits as without autocast) and
-    the backward's products take bf16 operands: the gradients stay within bf16 rounding of the
-    float32 ones, and are not the float32 ones."""
+@pytest.mark.parametrize("device, dtype", [
+    ("cpu", torch.bfloat16),
+    pytest.param("cuda", torch.bfloat16, marks=pytest.mark.gpu),
+    pytest.param("cuda", torch.float16, marks=pytest.mark.gpu),
+])
+def test_last_layer_backward_under_autocast_rounds_like_a_low_precision_matmul(device, dtype):
+    """Under autocast the forward stays float32 (the same logits as without autocast) and the
+    backward's products take operands of the autocast dtype: the gradients stay within that
+    rounding of the float32 ones (bf16: 8 significant bits), and are not the float32 ones."""
+    _ieee_float32_matmuls()
     torch.manual_seed(3)
-    layer = WeightNormLinear(32, 4096)
-    inputs = F.normalize(torch.randn(40, 32), dim=-1)
-    upstream = torch.randn(40, 4096)
+    layer = WeightNormLinear(32, 4096).to(device)
+    inputs = F.normalize(torch.randn(40, 32, device=device), dim=-1)
+    upstream = torch.randn(40, 4096, device=device)
     grads, outputs = {}, {}
     for autocast in (False, True):
         layer.zero_grad(set_to_none=True)
         x = inputs.clone().requires_grad_()
-        with torch.autocast("cpu", dtype=torch.bfloat16, enabled=autocast):
-            out = layer(x, torch.bfloat16 if autocast else None)
+        with torch.autocast(device, dtype=dtype, enabled=autocast):
+            out = layer(x, dtype if autocast else None)
         (out * upstream).sum().backward()
         outputs[autocast] = out.detach()
         grads[autocast] = (layer.weight_v.grad.clone(), x.grad.clone())
