@@ -129,7 +129,8 @@ def main() -> None:
     parser.add_argument("--horses", type=Path, help="extracted weizmann-horses folder (images/, masks/)")
     parser.add_argument("--davis", type=Path, help="extracted davis2016 folder (JPEGImages/, Annotations/)")
     parser.add_argument("--output", type=Path, default=Path("attention-figures"))
-    parser.add_argument("--force", action="store_true", help="write into a non-empty output folder")
+    parser.add_argument("--overwrite", "--force", dest="overwrite", action="store_true",
+                        help="write into a non-empty output folder")
     parser.add_argument("--short-side", type=int, default=480, help="image and frame short side (default 480)")
     parser.add_argument("--max-images", type=int, default=None, help="only the first N horses (quick check)")
     parser.add_argument("--max-frames", type=int, default=None, help="only the first N frames per sequence")
@@ -140,7 +141,7 @@ def main() -> None:
     if args.shared_data is None and (args.horses is None or args.davis is None):
         parser.error("give --shared-data, or both --horses and --davis")
 
-    output = usable_output_folder(args.output, args.force)
+    output = usable_output_folder(args.output, args.overwrite)
     trained = load_backbone(args.weights)
     models = {"checkpoint": trained, "random_init": random_like(trained, args.seed)}
     with tempfile.TemporaryDirectory() as scratch:
