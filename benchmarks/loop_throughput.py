@@ -71,7 +71,7 @@ def main() -> None:
     parser.add_argument("--warmup", type=int, default=5)
     parser.add_argument("--steps", type=int, default=20)
     parser.add_argument("--out", type=Path, required=True, help="JSON file to write")
-    args = parser.parse_args()
+    args = parser.parse_intermixed_args()  # KEY=VALUE settings may come before and after the options
 
     from dinossl.config import load_config
 
