@@ -12,9 +12,9 @@ sample and checks two things against the same network at its random initialisati
 
 Measured on a 2-core AMD EPYC with AVX512-BF16, no GPU (4 epochs in bf16 autocast, which
 ``train.precision=auto`` picks there; deterministic on one machine), with the reference's
-schedules, position embeddings and [CLS] initialisation: k-NN 29.10 % at random init, 31.50 %
-trained (+2.40; 95 % bootstrap interval of the gain +0.00 to +4.85); view retrieval 60.55 at
-random init, 74.07 trained (+13.52). The assertions ask for about half of each gain: +1.0 k-NN
+schedules, position embeddings and [CLS] initialisation: k-NN 29.10 % at random init, 31.75 %
+trained (+2.65; 95 % bootstrap interval of the gain +0.25 to +5.10); view retrieval 60.55 at
+random init, 74.06 trained (+13.51). The assertions ask for about half of each gain: +1.0 k-NN
 points and +6.5 percentile points. About 2 minutes on 2 idle cores
 (``python -m pytest -s tests/learning`` prints the figures).
 """
