@@ -67,24 +67,21 @@ class _NormalisedLinear(torch.autograd.Function):
         x, v, floored, scale, normed, saved = ctx.saved_tensors
         grad_y = grad_y.contiguous()
         work = grad_y * saved  # (B, K) temporary: dy * (x v^T), or dy * y with g frozen
-        q_scaled = work.sum(dim=0)  # sum_b dy (x v^T), times s when g is frozen
-        q = q_scaled if ctx.learn_norm else None
-        if ctx.learn_norm:
-            q_scaled = q * scale
+        column_sums = work.sum(dim=0)  # q with g learned, s * q with g frozen
+        q_scaled = column_sums * scale if ctx.learn_norm else column_sums
         scaled_grad = torch.mul(grad_y, scale, out=work)  # dy * s, reusing the temporary
-        low = ctx.backward_dtype
-        if low is not None:  # the products of the autocast dtype, as every other layer's backward
-            scaled_grad, v_operand, x_operand = scaled_grad.to(low), v.to(low), x.to(low)
-        else:
-            v_operand, x_operand = v, x
-        grad_x = (scaled_grad @ v_operand).float() if ctx.needs_input_grad[0] else None
-        grad_v = grad_g = None
+        low = ctx.backward_dtype  # operands of the autocast dtype, as every other layer's backward
+        if low is not None:
+            scaled_grad = scaled_grad.to(low)
+        grad_x = grad_v = grad_g = None
+        if ctx.needs_input_grad[0]:
+            grad_x = (scaled_grad @ (v if low is None else v.to(low))).float()
         if ctx.needs_input_grad[1]:
-            grad_v = (scaled_grad.t() @ x_operand).float()  # (K, in)
-            through_norm = torch.where(normed, -q_scaled / floored.square(), torch.zeros_like(q_scaled))
+            grad_v = (scaled_grad.t() @ (x if low is None else x.to(low))).float()  # (K, in)
+            through_norm = (-q_scaled / floored.square()).masked_fill_(~normed, 0.0)
             grad_v.addcmul_(v, through_norm.unsqueeze(1))
         if ctx.learn_norm:
-            grad_g = (q / floored).unsqueeze(1)
+            grad_g = (column_sums / floored).unsqueeze(1)
         return grad_x, grad_v, grad_g, None
 
 
