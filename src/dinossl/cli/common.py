@@ -68,10 +68,6 @@ def add_output(parser: argparse.ArgumentParser, default_name: str, what: str = "
     parser.add_argument("--no-progress", action="store_true", help="no progress bar")
 
 
-def add_seed(parser: argparse.ArgumentParser, default: int = 0) -> None:
-    parser.add_argument("--seed", type=int, default=default, help="random seed")
-
-
 @dataclass(frozen=True)
 class Option:
     """A command-line option that sets settings fields (``section.field``; usually one)."""
@@ -133,11 +129,6 @@ def read_settings(args: argparse.Namespace, sections: dict[str, type], options: 
     if unknown:
         raise ConfigError(f"{unknown[0]}: unknown settings section; this command has {', '.join(sections)}")
     return {name: build_dataclass(cls, values.get(name, {}), f"{name}.") for name, cls in sections.items()}
-
-
-def settings_record(settings: dict[str, Any]) -> dict[str, Any]:
-    """The resolved settings as plain data (for ``--print-config``-style output and results files)."""
-    return {name: dataclasses.asdict(value) for name, value in settings.items()}
 
 
 def parse_overrides_in(unknown: list[str]) -> tuple[list[str], Optional[str]]:

@@ -15,7 +15,7 @@ from PIL import Image
 from dinossl.data.images import IMAGE_EXTENSIONS
 from dinossl.errors import DataError
 from dinossl.optional import require
-from dinossl.eval.image_input import Size, open_image
+from dinossl.eval.image_input import Size
 
 VIDEO_EXTENSIONS = (".mp4", ".avi", ".mov", ".mkv", ".webm", ".gif")
 _NUMBER = re.compile(r"(\d+)$")
@@ -104,11 +104,6 @@ def read_video(path: str | Path) -> list[Image.Image]:
     if not frames:
         raise DataError(f"{path}: the video has no frames")
     return frames
-
-
-def read_frames(paths: Sequence[Path]) -> list[Image.Image]:
-    """Frame files as decoded images (any mode)."""
-    return [open_image(path) for path in paths]
 
 
 def write_video(frames: Sequence[Image.Image], path: str | Path, fps: float = 10.0) -> Path:

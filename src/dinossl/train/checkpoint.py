@@ -26,7 +26,7 @@ import torch
 
 from dinossl.config import Config
 from dinossl.errors import CheckpointError
-from dinossl.safe_files import digest_path, read_weights_file, remove_stale_temporaries, write_atomic
+from dinossl.safe_files import read_weights_file, remove_stale_temporaries, write_atomic
 from dinossl.train.distiller import Distiller
 from dinossl.weights import write_backbone
 
@@ -65,12 +65,6 @@ def save_checkpoint(state: dict[str, Any], path: str | Path) -> None:
             torch.save(state, handle)
 
     write_atomic(path, write, digest=True)
-
-
-def checkpoint_files(output_dir: str | Path) -> list[Path]:
-    """The checkpoint and its SHA-256 record in a run folder (those that exist)."""
-    path = Path(output_dir) / CHECKPOINT_NAME
-    return [p for p in (path, digest_path(path)) if p.exists()]
 
 
 def remove_interrupted_writes(output_dir: str | Path) -> list[Path]:

@@ -8,7 +8,7 @@ from typing import Any, Optional
 
 import yaml
 
-from dinossl.config import Config, config_from_dict
+from dinossl.config import Config
 from dinossl.config.merge import merge
 from dinossl.errors import CheckpointError, DinoError
 from dinossl.train.checkpoint import CHECKPOINT_NAME, read_checkpoint
@@ -105,10 +105,3 @@ def write_run_config(output_dir: Path, config: Config) -> None:
     output_dir.mkdir(parents=True, exist_ok=True)
     (output_dir / CONFIG_NAME).write_text(yaml.safe_dump(config.to_dict(), sort_keys=False))
 
-
-def load_run_config(output_dir: str | Path) -> Config:
-    """The configuration stored in a run folder."""
-    path = Path(output_dir) / CONFIG_NAME
-    if not path.is_file():
-        raise DinoError(f"{output_dir} holds no {CONFIG_NAME}")
-    return config_from_dict(yaml.safe_load(path.read_text()))
