@@ -86,15 +86,27 @@ def test_packed_drop_path_drops_whole_sequences():
     assert torch.equal(packed_drop_path(torch.ones(5, 2), drop, TokenLayout(((5, 1),))), torch.ones(5, 2))
 
 
-def test_bf16_on_cpu_uses_matmul_attention(vit):
+def test_bf16_on_cpu_uses_matmul_attention(vit, monkeypatch):
+    # Which path ran is proven by counting the fused kernel's calls, not by results differing
+    # (two kernels may round to the same tensor on some CPUs).
+    fused_kernel, fused_calls = F.scaled_dot_product_attention, []
+
+    def counted_fused(*args, **kwargs):
+        fused_calls.append(args[0].dtype)
+        return fused_kernel(*args, **kwargs)
+
+    monkeypatch.setattr(F, "scaled_dot_product_attention", counted_fused)
     attn = vit.blocks[0].attn
     q, k, v = (t.to(torch.bfloat16) for t in _images(4, (2, 3, 17, 64), (2, 3, 17, 64), (2, 3, 17, 64)))
     by_hand = ((q * attn.scale) @ k.transpose(-2, -1)).softmax(dim=-1) @ v  # timm's unfused formula
-    assert torch.equal(attention(attn, q, k, v), by_hand)
-    fused = F.scaled_dot_product_attention(q.float(), k.float(), v.float())
-    torch.testing.assert_close(attention(attn, q, k, v).float(), fused, rtol=0.05, atol=0.02)
+    ours = attention(attn, q, k, v)
+    assert fused_calls == []  # bf16 on a CPU: the matmul path
+    assert torch.equal(ours, by_hand)  # the same operations in the same order
+    fused = fused_kernel(q.float(), k.float(), v.float())
+    torch.testing.assert_close(ours.float(), fused, rtol=0.05, atol=0.02)
     q32, k32, v32 = q.float(), k.float(), v.float()
-    assert torch.equal(attention(attn, q32, k32, v32), F.scaled_dot_product_attention(q32, k32, v32))
+    assert torch.equal(attention(attn, q32, k32, v32), fused_kernel(q32, k32, v32))
+    assert fused_calls == [torch.float32]  # float32: the fused kernel
 
 
 def test_checkpointed_blocks_give_the_same_gradients(vit):
