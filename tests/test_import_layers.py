@@ -1,5 +1,5 @@
 """The package's imports flow one way: foundation -> config -> runtime -> data -> models ->
-weights -> objective -> train -> eval -> study -> cli, with no circle and no import hidden in a function
+weights -> objective -> train -> inference -> eval -> study -> cli, with no circle and no import hidden in a function
 (except of optional third-party packages). docs/architecture.md draws the same layers."""
 
 from __future__ import annotations
@@ -21,6 +21,7 @@ LAYERS: list[tuple[str, ...]] = [
     ("dinossl.weights", "dinossl.hub"),
     ("dinossl.objective",),
     ("dinossl.train",),
+    ("dinossl.inference",),
     ("dinossl.eval",),
     ("dinossl.study",),
     ("dinossl.cli", "dinossl.__main__"),

@@ -95,18 +95,22 @@ class ImageFolder:
         return len(self.files)
 
     def load(self, index: int) -> tuple[Image.Image, int]:
-        path = self.files[index]
-        try:
-            with warnings.catch_warnings():
-                warnings.simplefilter("error", Image.DecompressionBombWarning)
-                with Image.open(path) as image:
-                    rgb = to_rgb(image)
-        except (Image.DecompressionBombError, Image.DecompressionBombWarning) as exc:
-            raise UnreadableImage(f"{path}: larger than {Image.MAX_IMAGE_PIXELS} pixels, refused as a possible "
-                                  f"decompression bomb ({exc})") from exc
-        except (UnidentifiedImageError, OSError, ValueError, SyntaxError) as exc:
-            raise UnreadableImage(f"{path}: {exc}") from exc
-        return rgb, int(self.labels[index])
+        return read_image_file(self.files[index]), int(self.labels[index])
+
+
+def read_image_file(path: str | Path) -> Image.Image:
+    """An image file as an 8-bit RGB picture (:func:`to_rgb`); UnreadableImage when it cannot be
+    decoded (including images over PIL's decompression-bomb limit)."""
+    try:
+        with warnings.catch_warnings():
+            warnings.simplefilter("error", Image.DecompressionBombWarning)
+            with Image.open(path) as image:
+                return to_rgb(image)
+    except (Image.DecompressionBombError, Image.DecompressionBombWarning) as exc:
+        raise UnreadableImage(f"{path}: larger than {Image.MAX_IMAGE_PIXELS} pixels, refused as a possible "
+                              f"decompression bomb ({exc})") from exc
+    except (UnidentifiedImageError, OSError, ValueError, SyntaxError) as exc:
+        raise UnreadableImage(f"{path}: {exc}") from exc
 
 
 def _name(image: Image.Image) -> str:
