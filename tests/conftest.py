@@ -39,6 +39,18 @@ def _few_threads():
     torch.set_num_threads(previous)
 
 
+@pytest.fixture(autouse=True)
+def _fp32_arithmetic_restored():
+    """torch's process-wide float32 arithmetic switches as they were before the test, set back
+    through the long-standing API (a test that set an ``fp32_precision`` attribute would
+    otherwise make every later read of ``torch.get_float32_matmul_precision()`` raise)."""
+    matmul, conv_tf32, benchmark = (torch.get_float32_matmul_precision(), torch.backends.cudnn.allow_tf32,
+                                    torch.backends.cudnn.benchmark)
+    yield
+    torch.set_float32_matmul_precision(matmul)
+    torch.backends.cudnn.allow_tf32, torch.backends.cudnn.benchmark = conv_tf32, benchmark
+
+
 @pytest.fixture(scope="session")
 def cifar10_dir(tmp_path_factory) -> Path:
     """Full CIFAR-10 JPEG export: <dir>/train/<class>/*.jpg and <dir>/test/<class>/*.jpg."""

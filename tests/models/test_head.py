@@ -79,7 +79,7 @@ def test_hidden_layer_init():
 
 def _ieee_float32_matmuls():
     """Pin CUDA fp32 matmuls to IEEE (TF32 would round the fp32 reference itself)."""
-    torch.backends.cuda.matmul.fp32_precision = "ieee"
+    torch.set_float32_matmul_precision("highest")  # conftest sets it back after the test
 
 
 @pytest.mark.parametrize("device, dtype", [

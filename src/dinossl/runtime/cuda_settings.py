@@ -5,6 +5,13 @@ TF32 tensor cores (compute capability >= 8.0) round the inputs of float32 matmul
 convolutions to a 10-bit mantissa and accumulate in float32; IEEE keeps full float32. torch
 2.x computes float32 matmuls in IEEE by default (convolutions in TF32); the reference's torch
 versions (<= 1.11) used TF32 for both. Nothing here touches a CPU run.
+
+The switches are set through the long-standing API only (``torch.set_float32_matmul_precision``
+and ``torch.backends.cudnn.allow_tf32``), never through the ``fp32_precision`` attributes that
+torch 2.9 added: once a program sets one of those, torch (up to at least 2.14) raises on every
+read through the older API ("mix of the legacy and new APIs"), and inductor, cuDNN helpers and
+other libraries still read it (``torch.get_float32_matmul_precision()``,
+``torch.backends.cuda.matmul.allow_tf32``). Setting the older API keeps both readable.
 """
 
 from __future__ import annotations
@@ -14,9 +21,21 @@ import torch
 from dinossl.runtime.device import make_current
 
 
+def matmul_precision(tf32: bool) -> str:
+    """``torch.set_float32_matmul_precision``'s name for the float32 matmul mode: "high" (TF32)
+    or "highest" (IEEE float32)."""
+    return "high" if tf32 else "highest"
+
+
 def fp32_arithmetic(tf32: bool) -> str:
-    """torch's name for the float32 matmul/convolution mode: "tf32" or "ieee"."""
+    """The float32 matmul/convolution mode in words: "tf32" or "ieee"."""
     return "tf32" if tf32 else "ieee"
+
+
+def set_fp32_arithmetic(tf32: bool) -> None:
+    """Float32 matmuls and cuDNN convolutions in TF32 (``tf32``) or IEEE float32, process-wide."""
+    torch.set_float32_matmul_precision(matmul_precision(tf32))
+    torch.backends.cudnn.allow_tf32 = tf32
 
 
 def configure_cuda(device: torch.device, tf32: bool) -> None:
@@ -28,6 +47,4 @@ def configure_cuda(device: torch.device, tf32: bool) -> None:
         return
     make_current(device)
     torch.backends.cudnn.benchmark = True
-    mode = fp32_arithmetic(tf32)
-    torch.backends.cuda.matmul.fp32_precision = mode
-    torch.backends.cudnn.conv.fp32_precision = mode
+    set_fp32_arithmetic(tf32)

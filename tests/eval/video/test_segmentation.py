@@ -214,7 +214,7 @@ def test_segmentation_on_the_cpu_is_unchanged_by_keeping_work_on_the_device(davi
 @pytest.mark.gpu
 def test_segmentation_on_cuda_agrees_with_the_cpu(davis_dir):
     """The device path gives the CPU's object ids up to float rounding at a few boundary pixels."""
-    torch.backends.cuda.matmul.fp32_precision = "ieee"
+    torch.set_float32_matmul_precision("highest")  # conftest sets it back after the test
     frames, first = _davis_frames(davis_dir, 6)
     settings = PropagationSettings(short_side=64, context=2)
     backbone = _random_vit()
