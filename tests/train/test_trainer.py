@@ -243,10 +243,11 @@ def test_the_process_group_is_destroyed_on_every_exit(tmp_path, tiny_image_folde
 def test_tf32_applies_to_fp32_runs_only(tmp_path, tiny_image_folder, monkeypatch, precision, tf32, expected):
     """train.tf32 reaches the device switches for fp32 runs; a mixed-precision run keeps its
     float32 parts (the head's last layer, the loss) in IEEE float32."""
-    from dinossl.train import build_run, trainer
+    from dinossl.runtime import process_settings
+    from dinossl.train import build_run
 
     calls = []
-    monkeypatch.setattr(trainer, "configure_cuda", lambda device, tf32: calls.append((device, tf32)))
+    monkeypatch.setattr(process_settings, "configure_cuda", lambda device, tf32: calls.append((device, tf32)))
     run = build_run(tiny_config(tiny_image_folder, f"train.precision={precision}", f"train.tf32={tf32}",
                                 "train.device=cpu"), tmp_path / "run")
     run.run_log.close()

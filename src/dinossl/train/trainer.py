@@ -33,8 +33,6 @@ from dinossl.data.training_data import TrainingData, build_training_data
 from dinossl.errors import DataError
 from dinossl.outputs import check_writable
 from dinossl.objective import CollapseMonitor, TrainingSchedules, build_schedules, scaled_lr
-from dinossl.runtime.cuda_settings import configure_cuda
-from dinossl.runtime.host_memory import configure_host_allocator
 from dinossl.runtime.distributed import (
     DistContext,
     PeerFailure,
@@ -46,7 +44,7 @@ from dinossl.runtime.distributed import (
     local_context,
     shutdown_distributed,
 )
-from dinossl.runtime.precision import resolve_precision
+from dinossl.runtime.process_settings import apply_process_settings
 from dinossl.train.checkpoint import (
     CHECKPOINT_NAME,
     KEPT_CHECKPOINT,
@@ -147,12 +145,7 @@ def build_run(config: Config, output_dir: str | Path, init_from: Optional[str] =
     output_dir = check_writable(output_dir)  # before any image is decoded
     if ctx is None:
         ctx = init_distributed(config.train.device, config.train.dist_timeout_s)
-    # TF32 for fp32 runs only: mixed-precision runs keep their float32 parts (the head's last
-    # layer, the loss) in IEEE float32.
-    configure_cuda(ctx.device, tf32=config.train.tf32 and resolve_precision(config.train.precision, ctx.device) is None)
-    configure_host_allocator(config.train.host_allocator, ctx.device)
-    if config.train.threads > 0:
-        torch.set_num_threads(config.train.threads)
+    apply_process_settings(config.train, ctx.device)
     checkpoint = check_run_folder(output_dir, config)
     resuming = checkpoint is not None or (output_dir / "config.yaml").is_file()
     if ctx.is_main and resuming:
