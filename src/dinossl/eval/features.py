@@ -7,7 +7,6 @@ and the features are gathered, in dataset order, on every process.
 
 from __future__ import annotations
 
-import logging
 from dataclasses import dataclass
 from typing import Callable, Optional
 
@@ -15,15 +14,13 @@ import numpy as np
 import torch
 from torch import distributed as dist
 from torch import nn
-from torch.utils.data import DataLoader, Dataset, Subset
+from torch.utils.data import Dataset, Subset
 
-from dinossl.data.images import ImageSource, UnreadableImage
+from dinossl.data.images import ImageSource
 from dinossl.errors import DinoError
+from dinossl.inference import LoadedBackbone, TransformedImages, image_loader
 from dinossl.models.linear_probe import probe_features
 from dinossl.runtime.distributed import DistContext
-
-log = logging.getLogger("dinossl")
-
 
 @dataclass(frozen=True)
 class FeatureSpec:
@@ -67,35 +64,6 @@ def feature_dim(backbone: nn.Module, spec: FeatureSpec, crop: int, device: torch
         return int(spec(backbone.eval(), torch.zeros(1, 3, crop, crop, device=device)).shape[1])
     finally:
         backbone.train(was_training)
-
-
-class TransformedImages(Dataset):
-    """(transformed image, label, index) for each readable image of a source; None otherwise."""
-
-    def __init__(self, source: ImageSource, transform: Callable) -> None:
-        self.source, self.transform = source, transform
-
-    def __len__(self) -> int:
-        return len(self.source)
-
-    def __getitem__(self, index: int):
-        try:
-            image, label = self.source.load(index)
-        except UnreadableImage as exc:
-            log.warning("skipping unreadable image %s", exc)
-            return None
-        return self.transform(image), label, index
-
-
-def collate_indexed(items: list) -> Optional[tuple[torch.Tensor, torch.Tensor, torch.Tensor]]:
-    """Drop unreadable (None) items: images (B, 3, H, W), labels (B,), indices (B,); None if empty."""
-    good = [item for item in items if item is not None]
-    if not good:
-        return None
-    images = torch.stack([g[0] for g in good])
-    labels = torch.tensor([g[1] for g in good], dtype=torch.long)
-    indices = torch.tensor([g[2] for g in good], dtype=torch.long)
-    return images, labels, indices
 
 
 def shard_indices(num_items: int, rank: int, world_size: int) -> np.ndarray:
@@ -156,7 +124,7 @@ def _gather_shards(
 
 @torch.no_grad()
 def extract_features(
-    backbone: nn.Module,
+    backbone: nn.Module | LoadedBackbone,
     source: ImageSource,
     transform: Callable,
     batch_size: int = 256,
@@ -168,7 +136,8 @@ def extract_features(
     """Features of every readable image, in the source's order.
 
     Args:
-        backbone: a module already on ``device``; put in eval mode for the pass (restored after).
+        backbone: a module already on ``device`` (put in eval mode for the pass, restored after),
+            or a :class:`~dinossl.inference.LoadedBackbone` (its device and precision; ``device`` ignored).
         spec: which outputs form the features (default: the backbone's output).
         ctx: when distributed, each process extracts its contiguous slice and every process
             receives all features (collective: all processes must call this together).
@@ -176,33 +145,19 @@ def extract_features(
     Returns:
         features (N, D) float32 and labels (N,) on the CPU; N counts readable images.
     """
-    spec.check(backbone)
+    loaded = backbone if isinstance(backbone, LoadedBackbone) else LoadedBackbone(backbone, torch.device(device))
+    spec.check(loaded.module)
     distributed = ctx is not None and ctx.distributed
     dataset: Dataset = TransformedImages(source, transform)
     if distributed:
         dataset = Subset(dataset, shard_indices(len(source), ctx.rank, ctx.world_size).tolist())
-    loader = DataLoader(dataset, batch_size=batch_size, shuffle=False, num_workers=num_workers,
-                        collate_fn=collate_indexed, pin_memory=torch.device(device).type == "cuda")
-    was_training = backbone.training
-    backbone.eval()
-    features, labels, indices = [], [], []
-    report_every = max(len(loader) // 10, 1) if len(loader) >= 50 else 0
-    try:
-        for step, batch in enumerate(loader, start=1):
-            if report_every and step % report_every == 0:
-                log.info("features: batch %d/%d", step, len(loader))
-            if batch is None:
-                continue
-            images, batch_labels, batch_indices = batch
-            features.append(spec(backbone, images.to(device, non_blocking=True)).float().cpu())
-            labels.append(batch_labels)
-            indices.append(batch_indices)
-    finally:
-        backbone.train(was_training)
+    found = loaded.collect(image_loader(dataset, batch_size, num_workers, loaded.device), spec, label="features")
+    features = [found.values] if len(found.indices) else []
+    labels, indices = [found.labels], [found.indices]
     if not distributed:
         if not features:
             raise DinoError("no readable images to extract features from")
-        local_features, local_meta = torch.cat(features), torch.stack([torch.cat(labels), torch.cat(indices)], 1)
+        local_features, local_meta = features[0], torch.stack([labels[0], indices[0]], 1)
     else:
         local_features, local_meta = _gather_shards(features, labels, indices, ctx)
     order = local_meta[:, 1].argsort()

@@ -12,6 +12,7 @@ from pathlib import Path
 from typing import Any, Optional
 
 import torch
+from torch import nn
 from torch.utils.data import DataLoader, Dataset
 
 from dinossl.errors import DinoError
@@ -65,9 +66,17 @@ class BackboneHarness:
         pass the process's device). Call it after the command's input checks: it may download
         released weights."""
         device = device if device is not None else self.resolve_device()
+        return self.place(self.load_module(), device)
+
+    def load_module(self) -> nn.Module:
+        """The backbone module (eval mode, on the CPU) before a device is chosen, e.g. to check
+        it fits the settings before joining a process group."""
+        return load_backbone(self.weights, which=self.which)
+
+    def place(self, module: nn.Module, device: torch.device) -> LoadedBackbone:
+        """``module`` in eval mode on ``device`` with the harness's precision and CUDA switches."""
         dtype = resolve_precision(self.precision, device, "precision")
         configure_cuda(device, self.tf32)
-        module = load_backbone(self.weights, which=self.which)
         return LoadedBackbone(module.to(device).eval(), device, dtype)
 
     def loader(self, dataset: Dataset, device: torch.device | str = "cpu", collate=collate_indexed) -> DataLoader:
@@ -79,7 +88,7 @@ class BackboneHarness:
         name/URL) and the network: feature-cache and index keys."""
         return weights_identity(self.weights, self.which)
 
-    def describe(self, backbone: LoadedBackbone | torch.nn.Module) -> dict[str, Any]:
+    def describe(self, backbone: LoadedBackbone | nn.Module) -> dict[str, Any]:
         """The ``weights`` record of a results file: identity, the file's SHA-256, the
         architecture and the precision."""
         module = backbone.module if isinstance(backbone, LoadedBackbone) else backbone

@@ -5,7 +5,6 @@ to end (with and without Mixup/CutMix), and learning on real images (CIFAR-10)."
 from __future__ import annotations
 
 import math
-from pathlib import Path
 
 import numpy as np
 import pytest
@@ -17,7 +16,7 @@ from dinossl.data.augment import evaluation_transform
 from dinossl.data.images import ArrayImages
 from dinossl.errors import DinoError
 from dinossl.eval.baselines import RawPixels
-from dinossl.eval.features import TransformedImages
+from dinossl.inference import TransformedImages
 from dinossl.eval.classification.finetune import (
     FinetuneModel, FinetuneSettings, batch_mixer, finetune, finetune_optimizer, finetune_train_transform, set_drop_path,
 )
@@ -198,21 +197,11 @@ def _chance_threshold(n: int, p: float, alpha: float = 1e-3) -> int:
 
 
 @pytest.fixture(scope="module")
-def cifar10_500_val(tmp_path_factory, cifar10_small):
+def cifar10_500_val(tmp_path_factory, cifar10_small, cifar10_fixture):
     """cifar10_small's 500 train images with 500 val images (50 per class of CIFAR-10's test split)."""
-    from tests.conftest import _archive, _extract
-
-    counts: dict[str, int] = {}
-
-    def members(tar):
-        for member in tar:
-            parts = Path(member.name).parts
-            if len(parts) == 4 and member.isfile() and parts[1] == "test" and counts.get(parts[2], 0) < 50:
-                counts[parts[2]] = counts.get(parts[2], 0) + 1
-                yield member
-
-    root = _extract(_archive("cifar10-jpg.tar.gz"), tmp_path_factory.mktemp("cifar10_500_val"), members) / "cifar10"
-    (root / "test").rename(root / "val")
+    root = tmp_path_factory.mktemp("cifar10_500_val") / "cifar10"
+    root.mkdir()
+    (root / "val").symlink_to(cifar10_fixture / "test", target_is_directory=True)
     (root / "train").symlink_to(cifar10_small / "train", target_is_directory=True)
     return root
 

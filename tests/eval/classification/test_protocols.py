@@ -11,6 +11,7 @@ from torch import nn
 from dinossl.errors import DataError
 from dinossl.eval.classification import protocols
 from dinossl.eval.classification.protocols import EvalTarget, ImageSettings
+from dinossl.inference import BackboneHarness
 from dinossl.runtime.distributed import DistContext
 
 
@@ -27,7 +28,7 @@ def test_the_process_group_is_destroyed_on_every_exit(tmp_path, monkeypatch, fai
 
     monkeypatch.setattr(protocols, "init_distributed", joined)
     monkeypatch.setattr(protocols, "open_splits", lambda *args: _Splits())
-    monkeypatch.setattr(protocols, "load_backbone", lambda *args, **kwargs: nn.Identity())
+    monkeypatch.setattr(BackboneHarness, "load_module", lambda self: nn.Identity())
     monkeypatch.setattr(protocols, "describe_backbone", lambda backbone: {})
 
     def body(backbone, splits, ctx, cache, folder):

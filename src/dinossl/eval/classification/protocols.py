@@ -22,7 +22,6 @@ from torch.utils.data import TensorDataset
 from dinossl.data.augment import evaluation_transform
 from dinossl.data.images import ImageFolder
 from dinossl.errors import DinoError
-from dinossl.eval.backbones import describe_backbone
 from dinossl.eval.classification.finetune import (
     FinetuneModel,
     FinetuneSettings,
@@ -48,19 +47,18 @@ from dinossl.eval.classification.supervised import (
     summarise,
     training_loader,
 )
-from dinossl.eval.feature_cache import FeatureCache, Features, file_identity
+from dinossl.eval.feature_cache import FeatureCache, Features
 from dinossl.eval.features import (
     FeatureSpec,
-    TransformedImages,
     extract_features,
     feature_dim,
     shard_indices,
 )
 from dinossl.eval.results import write_results
+from dinossl.inference import BackboneHarness, TransformedImages, describe_backbone, weights_identity
+from dinossl.inference.identity import local_weights
 from dinossl.eval.validation import require_non_negative, require_positive
 from dinossl.outputs import check_writable, default_output_folder, usable_output_folder
-from dinossl.runtime.cuda_settings import configure_cuda
-from dinossl.runtime.device import resolve_device
 from dinossl.runtime.distributed import (
     DistContext,
     all_reduce,
@@ -68,7 +66,6 @@ from dinossl.runtime.distributed import (
     init_distributed,
     shutdown_distributed,
 )
-from dinossl.weights import load_backbone
 from dinossl.weights.linear_head import read_linear_head
 
 log = logging.getLogger("dinossl")
@@ -223,17 +220,20 @@ class EvalTarget:
     # CUDA arithmetic
     tf32: bool = True  # on CUDA, fp32 matmuls and convolutions in TF32 (False: IEEE fp32)
 
+    def harness(self, images: Optional[ImageSettings] = None) -> BackboneHarness:
+        """The backbone and how it runs (batches and workers from ``images``)."""
+        images = images or ImageSettings()
+        return BackboneHarness(self.weights, self.which, self.device, tf32=self.tf32, batch_size=images.batch_size,
+                               num_workers=images.num_workers, progress=False)
+
     @property
     def local_weights(self) -> Optional[Path]:
         """The weights as a local file, None for a released name or URL."""
-        path = Path(self.weights)
-        return path if path.is_file() else None
+        return local_weights(self.weights)
 
     def weights_identity(self) -> dict[str, Any]:
         """What identifies the weights for the feature cache and the results file."""
-        local = self.local_weights
-        source = file_identity(local) if local is not None else {"source": str(self.weights)}
-        return {**source, "which": self.which}
+        return weights_identity(self.weights, self.which)
 
     def output_folder(self, evaluation: str) -> Path:
         """Where the results go: ``output``, else ``eval-<evaluation>-<data>-<weights>`` here."""
@@ -259,21 +259,19 @@ def _run(target: EvalTarget, evaluation: str, images: ImageSettings, body: Body,
     """Checks (every process, before any collective), then ``body``, then the results file.
     A ``resumable`` evaluation may use a folder that holds its checkpoint (it resumes there).
     Returns the results record on the main process, None on the others."""
-    if target.which not in ("teacher", "student"):
-        raise DinoError(f"which must be teacher or student, got {target.which!r}")
+    harness = target.harness(images)  # checks which, batch size and workers
     folder = target.output_folder(evaluation)
     resuming = resumable and (folder / f"{evaluation}_checkpoint.pth").is_file()
     folder = check_writable(folder) if resuming else usable_output_folder(folder, target.overwrite)
     output = folder / RESULTS_NAME
-    resolve_device(target.device)  # a bad --device is reported before any download
+    harness.resolve_device()  # a bad --device is reported before any download
     splits = open_data() if open_data is not None else open_splits(target.data, target.train, target.val)
-    backbone = load_backbone(target.weights, which=target.which)
+    backbone = harness.load_module()
     images.check(backbone)
     owns_group = not (dist.is_available() and dist.is_initialized())
     ctx = init_distributed(target.device, target.dist_timeout_s)
     try:
-        configure_cuda(ctx.device, target.tf32)
-        backbone.to(ctx.device)
+        backbone = harness.place(backbone, ctx.device).module
         cache = None
         if target.features_dir is not None:
             cache = FeatureCache(Path(target.features_dir), target.weights_identity())

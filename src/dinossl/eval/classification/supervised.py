@@ -10,7 +10,8 @@ import numpy as np
 import torch
 from torch.utils.data import DataLoader, Dataset, DistributedSampler, Sampler, Subset
 
-from dinossl.eval.features import collate_indexed, shard_indices
+from dinossl.eval.features import shard_indices
+from dinossl.inference import collate_indexed
 from dinossl.runtime.distributed import DistContext, all_reduce
 
 
