@@ -206,3 +206,32 @@ def test_head_hands_its_autocast_dtype_to_the_last_layers_backward():
         grads.append(head.last_layer.weight_v.grad.clone())
     assert torch.equal(grads[0], grads[1])
     assert not torch.equal(grads[0], grads[2])
+
+
+def test_fp16_backward_operands_stay_in_range_at_65536_prototypes():
+    """fp16's largest value is 65,504. With K = 65,536 prototypes, ||v|| shrunk to 0.01 by weight
+    decay (s = g / ||v|| = 100) and the gradient a DINO loss sends under fp16's initial loss scale
+    (2^16 * (P_s - P_t) / (tau_s * B * pairs)), dy * s would overflow fp16; the backward keeps s
+    out of its fp16 operands (as the reference's), so the gradients are finite and within fp16
+    rounding of the float32 ones."""
+    _ieee_float32_matmuls()
+    torch.manual_seed(5)
+    batch, dim, k, pairs, tau_s, loss_scale = 16, 256, 65536, 2, 0.1, 2.0 ** 16
+    layer = WeightNormLinear(dim, k)
+    with torch.no_grad():
+        layer.weight_v.mul_(0.01 / layer.weight_v.norm(dim=1, keepdim=True))
+    inputs = F.normalize(torch.randn(batch, dim), dim=-1)
+    student = torch.softmax(torch.randn(batch, k), dim=-1)
+    teacher = torch.softmax(torch.randn(batch, k) * 8, dim=-1)  # a peaked teacher: |P_s - P_t| near 1
+    upstream = loss_scale * (student - teacher) / (tau_s * batch * pairs)
+    scale = layer.weight_g.squeeze(1) / layer.weight_v.norm(dim=1)
+    assert upstream.abs().max() < 65504 < (upstream * scale).abs().max()  # the folded operand would overflow
+    grads = {}
+    for dtype in (None, torch.float16):
+        layer.zero_grad(set_to_none=True)
+        x = inputs.clone().requires_grad_()
+        (layer(x, dtype) * upstream).sum().backward()
+        grads[dtype] = (layer.weight_v.grad.clone(), x.grad.clone())
+    for low, full in zip(grads[torch.float16], grads[None]):
+        assert torch.isfinite(low).all()
+        assert ((low - full).norm() / full.norm()).item() < 1e-2  # fp16 operands: 11 significant bits

@@ -69,15 +69,26 @@ class _NormalisedLinear(torch.autograd.Function):
         work = grad_y * saved  # (B, K) temporary: dy * (x v^T), or dy * y with g frozen
         column_sums = work.sum(dim=0)  # q with g learned, s * q with g frozen
         q_scaled = column_sums * scale if ctx.learn_norm else column_sums
-        scaled_grad = torch.mul(grad_y, scale, out=work)  # dy * s, reusing the temporary
         low = ctx.backward_dtype  # operands of the autocast dtype, as every other layer's backward
-        if low is not None:
-            scaled_grad = scaled_grad.to(low)
         grad_x = grad_v = grad_g = None
-        if ctx.needs_input_grad[0]:
-            grad_x = (scaled_grad @ (v if low is None else v.to(low))).float()
+        if low is None:  # float32: s folded into dy, one (B, K) product
+            scaled_grad = torch.mul(grad_y, scale, out=work)  # dy * s, reusing the temporary
+            if ctx.needs_input_grad[0]:
+                grad_x = scaled_grad @ v
+            if ctx.needs_input_grad[1]:
+                grad_v = scaled_grad.t() @ x  # (K, in)
+        else:
+            # Low precision: s stays out of the operands, which are those the reference's
+            # backward has (dy as the loss scaler sized it, unit rows s v, the unit-norm x), so
+            # no operand nor product exceeds the reference's range: with fp16 (largest 65,504)
+            # dy * s overflowed once weight decay had shrunk ||v|| (s = g / ||v|| > 1), and
+            # v alone underflows into fp16's subnormals. Sums over K are bounded by ||dy||_1.
+            low_grad = grad_y.to(low)
+            if ctx.needs_input_grad[0]:
+                grad_x = (low_grad @ (v * scale.unsqueeze(1)).to(low)).float()
+            if ctx.needs_input_grad[1]:
+                grad_v = (low_grad.t() @ x.to(low)).float().mul_(scale.unsqueeze(1))  # (K, in)
         if ctx.needs_input_grad[1]:
-            grad_v = (scaled_grad.t() @ (x if low is None else x.to(low))).float()  # (K, in)
             through_norm = (-q_scaled / floored.square()).masked_fill_(~normed, 0.0)
             grad_v.addcmul_(v, through_norm.unsqueeze(1))
         if ctx.learn_norm:
