@@ -20,8 +20,10 @@ the timed steps, as its training loop does. Memory: on a GPU the peak of
 ``torch.cuda.max_memory_allocated`` over the steps; on the CPU the process's peak resident
 set size and its growth from before the first step (``step_memory_mb``).
 
-Host memory: the package's ``train.host_allocator`` (``auto``: glibc keeps freed memory for
-reuse on CPU runs) applies to its child process as in a real run; the reference runs with the C
+Process settings: the package's child applies those of a real run through the function
+``build_run`` calls (``dinossl.runtime.process_settings``): on a GPU cuDNN autotuning and TF32
+for fp32 (``train.tf32``), and the host allocator ``train.host_allocator`` (``auto``: glibc
+keeps freed memory for reuse on CPU runs); the reference runs with the C
 library's defaults, and with ``--reference-allocators system,retain`` a second time with the
 package's setting, so the ratio is also given like for like (``images_per_s_over_reference_retain``).
 
@@ -65,9 +67,9 @@ from typing import Any, Callable, Iterator, Optional
 import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from machine import describe, peak_resident_mb, resident_mb, synchronize  # noqa: E402
+from machine import describe, peak_memory, reset_peak_memory, synchronize  # noqa: E402
 
-# --setting: the issue's CPU configuration and the paper's GPU one (ViT-S/16, batch 64 per GPU).
+# --setting: a CPU configuration (ViT-Ti/16, batch 16) and the paper's GPU one (ViT-S/16, batch 64 per GPU).
 SETTINGS: dict[str, dict[str, Any]] = {
     "cpu": dict(arch="vit_tiny", patch_size=16, depth=12, global_size=224, local_size=96, num_local=8, batch=16,
                 out_dim=65536, hidden_dim=2048, bottleneck_dim=256),
@@ -159,7 +161,8 @@ def package_config(spec: Spec, overrides: list[str]):
 
 
 def initial_student_state(spec: Spec, overrides: list[str]) -> dict[str, torch.Tensor]:
-    """The package's initial student weights for ``train.seed`` (what build_distiller draws)."""
+    """The package's initial student weights for ``train.seed``, seeded as ``build_distiller``
+    seeds them; the student alone, so that the reference's process holds no second network."""
     from dinossl.models import build_network
 
     config = package_config(spec, overrides)
@@ -174,20 +177,11 @@ def _drop_path_off(module: torch.nn.Module) -> None:
 
 
 def _memory(device: torch.device, baseline_mb: float) -> dict[str, Any]:
-    if device.type == "cuda":
-        return {"peak_memory_mb": torch.cuda.max_memory_allocated(device) / 2**20, "memory_kind": "cuda_max_allocated",
-                "before_steps_mb": baseline_mb}
-    peak = peak_resident_mb()
-    return {"peak_memory_mb": peak, "memory_kind": "process_peak_rss", "before_steps_mb": baseline_mb,
-            "step_memory_mb": peak - baseline_mb}
-
-
-def _baseline(device: torch.device) -> float:
-    if device.type == "cuda":
-        synchronize(device)
-        torch.cuda.reset_peak_memory_stats(device)
-        return torch.cuda.memory_allocated(device) / 2**20
-    return resident_mb()
+    """The peak since ``reset_peak_memory`` returned ``baseline_mb``; on the CPU also its growth."""
+    memory = {**peak_memory(device), "before_steps_mb": baseline_mb}
+    if device.type != "cuda":
+        memory["step_memory_mb"] = memory["peak_memory_mb"] - baseline_mb
+    return memory
 
 
 def _timing(spec: Spec, warmup_s: list[float], elapsed: float, step_s: Optional[list[float]] = None) -> dict[str, Any]:
@@ -320,7 +314,7 @@ def measure_reference(source: str, spec: Spec, precision: str, host_allocator: s
     retained = configure_host_allocator(host_allocator, device) if host_allocator != "system" else False
     reference = Reference(source, spec, device, precision, initial_student_state(spec, []))
     crops = make_crops(spec, device)
-    baseline = _baseline(device)
+    baseline = reset_peak_memory(device)
     warmup = reference.run(crops, spec.warmup) if spec.warmup else []
     started = time.perf_counter()
     step_s = reference.run(crops, spec.steps)
@@ -349,14 +343,14 @@ def step_values(spec: Spec):
 
 
 def measure_package(spec: Spec, overrides: list[str]) -> dict[str, Any]:
-    from dinossl.runtime.host_memory import configure_host_allocator
+    from dinossl.runtime.process_settings import apply_process_settings
 
     device = _setup(spec)
-    config = package_config(spec, overrides)
-    retained = configure_host_allocator(config.train.host_allocator, device)  # as build_run does
+    # the process settings of a run (CUDA switches, train.host_allocator), by build_run's own function
+    retained = apply_process_settings(package_config(spec, overrides).train, device)
     distiller, config = build_package(spec, overrides)
     crops, values = make_crops(spec, device), step_values(spec)
-    baseline = _baseline(device)
+    baseline = reset_peak_memory(device)
     warmup_s = []
     for _ in range(spec.warmup):
         started = time.perf_counter()

@@ -31,7 +31,6 @@ import argparse
 import json
 import math
 import os
-import platform
 import subprocess
 import sys
 import tempfile
@@ -50,10 +49,14 @@ from dinossl.data import to_model_input
 from dinossl.data.batched_crops import BatchedMultiCrops, batch_generator
 from dinossl.data.crop_recipe import CropRecipe
 from dinossl.objective import build_schedules
-from dinossl.runtime.cuda_settings import configure_cuda, fp32_arithmetic
+from dinossl.runtime.cuda_settings import fp32_arithmetic
 from dinossl.runtime.distributed import DistContext
 from dinossl.runtime.precision import resolve_precision
+from dinossl.runtime.process_settings import apply_process_settings
 from dinossl.train.distiller import build_distiller
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from machine import describe, peak_memory, reset_peak_memory, synchronize  # noqa: E402
 
 REPO = Path(__file__).resolve().parents[1]
 SCHEMA = "dinossl-gpu-checks/1"
@@ -141,11 +144,6 @@ class SyntheticCrops:
         return [to_model_input(view, self.pool.device) for view in views]
 
 
-def _synchronize(device: torch.device) -> None:
-    if device.type == "cuda":
-        torch.cuda.synchronize(device)
-
-
 def train_for(config: Config, precision: str, device: torch.device, crops: SyntheticCrops, seconds: float,
               warmup: int, steps_per_epoch: int) -> dict[str, Any]:
     """Train a fresh network at ``precision`` for ``seconds`` of wall time but at least
@@ -153,10 +151,10 @@ def train_for(config: Config, precision: str, device: torch.device, crops: Synth
     throughput after ``warmup`` steps and peak memory."""
     config = replace(config, train=replace(config.train, precision=precision))
     amp_dtype = resolve_precision(precision, device)
-    configure_cuda(device, tf32=config.train.tf32 and amp_dtype is None)  # as dino train does
+    apply_process_settings(config.train, device)  # as build_run: TF32 for fp32 runs only, host allocator, threads
     if device.type == "cuda":
         torch.cuda.empty_cache()
-        torch.cuda.reset_peak_memory_stats(device)
+    reset_peak_memory(device)
     ctx = DistContext(0, 1, 0, device)
     distiller = build_distiller(config, ctx, crops.multicrop.recipe.num_global)
     schedules = build_schedules(config.optim, config.loss, config.train.epochs, steps_per_epoch, crops.batch)
@@ -167,12 +165,12 @@ def train_for(config: Config, precision: str, device: torch.device, crops: Synth
     step = 0
     while step < max_steps and (step <= warmup or time.perf_counter() - started < seconds):
         if step == warmup:
-            _synchronize(device)
+            synchronize(device)
             timed_from = time.perf_counter()
         loss, _ = distiller.step(crops(step), schedules.at(step))
         losses.append(loss)
         step += 1
-    _synchronize(device)
+    synchronize(device)
     ended = time.perf_counter()
     curve = torch.stack(losses).float().cpu().tolist() if losses else []
     timed_steps = step - warmup if timed_from is not None else 0
@@ -187,8 +185,8 @@ def train_for(config: Config, precision: str, device: torch.device, crops: Synth
         "loss": curve,
     }
     if device.type == "cuda":
-        result["peak_allocated_mb"] = torch.cuda.max_memory_allocated(device) / 2**20
-        result["peak_reserved_mb"] = torch.cuda.max_memory_reserved(device) / 2**20
+        memory = peak_memory(device)
+        result["peak_allocated_mb"], result["peak_reserved_mb"] = memory["peak_memory_mb"], memory["peak_reserved_mb"]
     del distiller
     return result
 
@@ -240,17 +238,6 @@ def _summary(run: dict[str, Any]) -> str:
 # --------------------------------------------------------------------------------------------
 
 
-def describe_device(device: torch.device) -> dict[str, Any]:
-    info: dict[str, Any] = {"type": device.type, "torch": torch.__version__, "python": sys.version.split()[0],
-                            "host": platform.processor() or platform.machine()}
-    if device.type == "cuda":
-        major, minor = torch.cuda.get_device_capability(device)
-        props = torch.cuda.get_device_properties(device)
-        info.update(name=props.name, capability=f"{major}.{minor}", memory_gb=round(props.total_memory / 2**30, 1),
-                    cuda=torch.version.cuda, cudnn=torch.backends.cudnn.version())
-    return info
-
-
 def main(argv: Optional[list[str]] = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("overrides", nargs="*", metavar="KEY=VALUE", help="configuration overrides")
@@ -278,7 +265,7 @@ def main(argv: Optional[list[str]] = None) -> int:
         print(record["skipped"])
         return 0
     device = torch.device("cuda", torch.cuda.current_device()) if torch.cuda.is_available() else torch.device("cpu")
-    record["device"] = describe_device(device)
+    record["device"] = describe(device)
     if not args.no_tests:
         record["tests"] = run_gpu_tests(args.tests_timeout)
         tests = record["tests"]

@@ -1,6 +1,7 @@
-"""What a benchmark records about the machine it ran on, and how it reads memory: CPU model,
-threads, load, GPU name, torch version; peak memory of this process (CUDA allocations on a GPU,
-resident set size on the CPU)."""
+"""What a benchmark records about the machine it ran on, and how it reads time and memory: CPU
+model, threads, load, GPU name and properties, torch version; waiting for a device's queued
+work; peak memory of this process (CUDA allocations on a GPU, resident set size on the CPU).
+Every script in benchmarks/ takes these from here."""
 
 from __future__ import annotations
 
@@ -35,8 +36,9 @@ def load_average() -> list[float]:
 
 
 def describe(device: torch.device) -> dict[str, Any]:
-    """The machine, for a benchmark's JSON."""
-    return {
+    """The machine, for a benchmark's JSON (with the GPU's capability, memory and CUDA/cuDNN
+    versions when ``device`` is one)."""
+    info: dict[str, Any] = {
         "device": torch.cuda.get_device_name(device) if device.type == "cuda" else "cpu",
         "cpu": cpu_model(),
         "cpu_count": os.cpu_count(),
@@ -46,6 +48,12 @@ def describe(device: torch.device) -> dict[str, Any]:
         "python": sys.version.split()[0],
         "load_average": load_average(),
     }
+    if device.type == "cuda":
+        major, minor = torch.cuda.get_device_capability(device)
+        info.update(capability=f"{major}.{minor}",
+                    memory_gb=round(torch.cuda.get_device_properties(device).total_memory / 2**30, 1),
+                    cuda=torch.version.cuda, cudnn=torch.backends.cudnn.version())
+    return info
 
 
 def resident_mb() -> float:
@@ -65,5 +73,27 @@ def peak_resident_mb() -> float:
 
 
 def synchronize(device: torch.device) -> None:
+    """Wait for the work queued on a CUDA ``device`` (nothing to wait for elsewhere)."""
     if device.type == "cuda":
         torch.cuda.synchronize(device)
+
+
+def reset_peak_memory(device: torch.device) -> float:
+    """Start measuring a peak: on a GPU, finish the queued work, reset CUDA's peak counters and
+    return the MiB allocated now; on the CPU (whose process peak cannot be reset) return the
+    resident set size now."""
+    if device.type != "cuda":
+        return resident_mb()
+    synchronize(device)
+    torch.cuda.reset_peak_memory_stats(device)
+    return torch.cuda.memory_allocated(device) / 2**20
+
+
+def peak_memory(device: torch.device) -> dict[str, Any]:
+    """The peak since :func:`reset_peak_memory` on a GPU (``torch.cuda.max_memory_allocated``,
+    and the allocator's reserved peak), the process's peak resident set on the CPU."""
+    if device.type == "cuda":
+        return {"peak_memory_mb": torch.cuda.max_memory_allocated(device) / 2**20,
+                "peak_reserved_mb": torch.cuda.max_memory_reserved(device) / 2**20,
+                "memory_kind": "cuda_max_allocated"}
+    return {"peak_memory_mb": peak_resident_mb(), "memory_kind": "process_peak_rss"}

@@ -15,8 +15,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import platform
-import resource
 import statistics
 import sys
 import tempfile
@@ -25,6 +23,9 @@ from dataclasses import replace
 from pathlib import Path
 
 import torch
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from machine import describe, peak_memory, reset_peak_memory, synchronize  # noqa: E402
 
 
 def main() -> None:
@@ -50,26 +51,19 @@ def main() -> None:
         crops += [torch.randn(batch, 3, crops_cfg.local_size, crops_cfg.local_size, generator=generator)
                   for _ in range(crops_cfg.num_local)]
         crops = [c.to(device) for c in crops]
-        if device.type == "cuda":
-            torch.cuda.reset_peak_memory_stats(device)
+        reset_peak_memory(device)
         times = []
         for step in range(args.warmup + args.steps):
             started = time.perf_counter()
             loss, _ = run.distiller.step(crops, replace(run.schedules.at(step), freeze_last_layer=False))
             loss.item()  # wait for the step to finish
-            if device.type == "cuda":
-                torch.cuda.synchronize(device)
+            synchronize(device)
             if step >= args.warmup:
                 times.append(time.perf_counter() - started)
         run.run_log.close()
 
     median = statistics.median(times)
-    if device.type == "cuda":
-        peak_mb = torch.cuda.max_memory_allocated(device) / 2**20
-        memory_kind = "cuda_max_allocated"
-    else:
-        peak_mb = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024  # KiB on Linux
-        memory_kind = "process_peak_rss"
+    memory = peak_memory(device)
     result = {
         "preset": args.preset,
         "overrides": args.overrides,
@@ -79,15 +73,12 @@ def main() -> None:
         "crops": f"2x{crops_cfg.global_size}+{crops_cfg.num_local}x{crops_cfg.local_size}",
         "batch_per_process": batch,
         "precision": "fp32" if run.distiller.amp_dtype is None else str(run.distiller.amp_dtype).replace("torch.", ""),
-        "device": torch.cuda.get_device_name(device) if device.type == "cuda" else platform.processor() or "cpu",
-        "cpu_threads": torch.get_num_threads(),
         "timed_steps": args.steps,
         "median_step_s": median,
         "images_per_s": batch / median,
-        "peak_memory_mb": peak_mb,
-        "memory_kind": memory_kind,
-        "torch": torch.__version__,
-        "python": sys.version.split()[0],
+        "peak_memory_mb": memory["peak_memory_mb"],
+        "memory_kind": memory["memory_kind"],
+        "machine": describe(device),
     }
     args.out.write_text(json.dumps(result, indent=2) + "\n")
     print(json.dumps(result, indent=2))

@@ -24,7 +24,7 @@ from torch import nn
 
 from dinossl.errors import DinoError
 from dinossl.eval.results import write_results
-from dinossl.eval.retrieval.backbone_run import BackboneRun
+from dinossl.inference import BackboneHarness
 from dinossl.outputs import default_output_folder, usable_output_folder
 from dinossl.eval.retrieval.copydays_files import CopydaysLayout, open_copydays
 from dinossl.eval.retrieval.descriptors import (
@@ -99,9 +99,9 @@ def query_scores(ranked: torch.Tensor, similarities: torch.Tensor, positives: Se
 
 
 def copydays_protocol(backbone: nn.Module, layout: CopydaysLayout, extra: ExtraImages,
-                      settings: CopyDetectionSettings, run: BackboneRun, device: torch.device) -> dict[str, Any]:
+                      settings: CopyDetectionSettings, run: BackboneHarness, device: torch.device) -> dict[str, Any]:
     """Descriptors, whitening, search and mAP per block (see the module docstring)."""
-    common = dict(device=device, batch_size=run.batch_size, num_workers=run.num_workers, progress=run.progress)
+    common = dict(device=device, batch_size=run.batch_size, num_workers=run.workers, progress=run.progress)
 
     def describe(paths: Sequence[Path], label: str, skip: bool = False):
         return describe_images(backbone, [ImageRequest(p) for p in paths], settings.resize, settings.spec,
@@ -138,7 +138,7 @@ def copydays_protocol(backbone: nn.Module, layout: CopydaysLayout, extra: ExtraI
     }
 
 
-def run_copydetection(run: BackboneRun, data: str | Path, distractors: Optional[str | Path] = None,
+def run_copydetection(run: BackboneHarness, data: str | Path, distractors: Optional[str | Path] = None,
                       whitening: Optional[str | Path] = None,
                       settings: CopyDetectionSettings = CopyDetectionSettings(),
                       output: Optional[str | Path] = None, overwrite: bool = False) -> dict[str, Any]:
@@ -151,7 +151,8 @@ def run_copydetection(run: BackboneRun, data: str | Path, distractors: Optional[
     for block in layout.blocks:
         check_some_decode(block.queries, f"{layout.root / block.name}")
     extra = open_extra_images(distractors, whitening)
-    backbone, device = run.load()
+    loaded = run.load()
+    backbone, device = loaded.module, loaded.device
     settings.spec.check(backbone)
     start = time.perf_counter()
     results = copydays_protocol(backbone, layout, extra, settings, run, device)
