@@ -46,7 +46,7 @@ import torch
 from PIL import Image
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from machine import cpu_model  # noqa: E402
+from machine import describe, synchronize  # noqa: E402
 
 
 def _upscaled(source, size: int):
@@ -57,14 +57,14 @@ def _upscaled(source, size: int):
     return ArrayImages(pixels, np.zeros(len(pixels), dtype=np.int64), ["x"])
 
 
-def _median_time(work: Callable[[], None], repeats: int, sync: Callable[[], None]) -> tuple[float, list[float]]:
+def _median_time(work: Callable[[], None], repeats: int, device: torch.device) -> tuple[float, list[float]]:
     work()  # warm-up (allocations, lazy imports)
-    sync()
+    synchronize(device)
     times = []
     for _ in range(repeats):
         started = time.perf_counter()
         work()
-        sync()
+        synchronize(device)
         times.append(time.perf_counter() - started)
     return statistics.median(times), times
 
@@ -79,7 +79,6 @@ def _measure(name: str, source, crops, num_images: int, batch: int, repeats: int
     total_crops = num_images * crops_per_image
     loader_mode = MultiCropDataset(source, MultiCropAugmentation(crops), seed=0)
     device_mode = MultiCropDataset(source, GeometricMultiCrop(crops), seed=0)
-    sync = torch.cuda.synchronize if device.type == "cuda" else (lambda: None)
 
     def run_loader_mode():
         for indices in batches:
@@ -120,12 +119,12 @@ def _measure(name: str, source, crops, num_images: int, batch: int, repeats: int
         for indices in batches:
             batched_views.append(batched_crops(pixels[indices.start:indices.stop], generator))
 
-    loader_s, loader_all = _median_time(run_loader_mode, repeats, sync)
-    batched_crop_s, batched_crop_all = _median_time(run_batched_crop_part, repeats, sync)
-    batched_photometric_s, batched_photometric_all = _median_time(photometric_step(batched_views), repeats, sync)
+    loader_s, loader_all = _median_time(run_loader_mode, repeats, device)
+    batched_crop_s, batched_crop_all = _median_time(run_batched_crop_part, repeats, device)
+    batched_photometric_s, batched_photometric_all = _median_time(photometric_step(batched_views), repeats, device)
     batched_total_s = batched_crop_s + batched_photometric_s
-    geometric_s, geometric_all = _median_time(run_device_loader_part, repeats, sync)
-    photometric_s, photometric_all = _median_time(photometric_step(raw_batches), repeats, sync)
+    geometric_s, geometric_all = _median_time(run_device_loader_part, repeats, device)
+    photometric_s, photometric_all = _median_time(photometric_step(raw_batches), repeats, device)
     device_total_s = geometric_s + photometric_s
     return {
         "workload": name,
@@ -179,7 +178,6 @@ def _measure_files(folder: Path, crops, num_images: int, batch: int, repeats: in
     num_images = min(num_images, len(source))
     recipe = CropRecipe.from_config(crops)
     batches = [range(start, min(start + batch, num_images)) for start in range(0, num_images, batch)]
-    sync = torch.cuda.synchronize if device.type == "cuda" else (lambda: None)
     loader_mode = MultiCropDataset(source, MultiCropAugmentation(recipe), seed=0)
     device_mode = MultiCropDataset(source, GeometricMultiCrop(recipe), seed=0)
     encoded_mode = EncodedImageDataset(source, recipe, seed=0)
@@ -213,11 +211,11 @@ def _measure_files(folder: Path, crops, num_images: int, batch: int, repeats: in
     def rate(seconds: float) -> float:
         return num_images / seconds
 
-    loader_s, _ = _median_time(run_loader_mode, repeats, sync)
-    device_loader_s, _ = _median_time(run_device_loader_part, repeats, sync)
-    device_part_s, _ = _median_time(run_device_part, repeats, sync)
-    encoded_loader_s, _ = _median_time(run_encoded_loader_part, repeats, sync)
-    decode_part_s, _ = _median_time(run_decode_part, repeats, sync)
+    loader_s, _ = _median_time(run_loader_mode, repeats, device)
+    device_loader_s, _ = _median_time(run_device_loader_part, repeats, device)
+    device_part_s, _ = _median_time(run_device_part, repeats, device)
+    encoded_loader_s, _ = _median_time(run_encoded_loader_part, repeats, device)
+    decode_part_s, _ = _median_time(run_decode_part, repeats, device)
     sizes = {source.load(i)[0].size for i in range(min(num_images, 200))}
     return {
         "workload": f"JPEG files of {len(sizes)}+ sizes, DINO ImageNet crops",
@@ -279,11 +277,7 @@ def main() -> None:
     report = {
         "benchmark": "augment_throughput",
         "command": " ".join([Path(sys.executable).name, *sys.argv]),
-        "machine": {"processor": cpu_model(), "cpu_count": os.cpu_count(),
-                    "torch_threads": torch.get_num_threads(),
-                    "device": torch.cuda.get_device_name(device) if device.type == "cuda" else "cpu"},
-        "torch": torch.__version__,
-        "python": sys.version.split()[0],
+        "machine": describe(device),
         "results": results,
         "jpeg_files": jpeg_result,
     }
