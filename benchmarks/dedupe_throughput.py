@@ -119,21 +119,21 @@ def search_benchmark(args: argparse.Namespace, device: torch.device) -> dict:
 
 
 def folder_benchmark(args: argparse.Namespace, device: torch.device) -> dict:
-    from dinossl.eval.retrieval.backbone_run import BackboneRun
     from dinossl.eval.retrieval.dedupe import (
         DedupeSettings,
         index_images,
         list_folder_images,
     )
     from dinossl.eval.search import RowSubset, pairs_above
+    from dinossl.inference import BackboneHarness
 
     settings = DedupeSettings(threshold=args.threshold, imsize=args.imsize, tile=args.tile, backend=args.backend)
-    run = BackboneRun(args.weights, device=str(device), batch_size=args.batch_size, num_workers=args.num_workers,
-                      progress=False)
+    run = BackboneHarness(args.weights, device=str(device), batch_size=args.batch_size,
+                          num_workers=args.num_workers, progress=False)
     with tempfile.TemporaryDirectory() as tmp:
         files = list_folder_images(args.folder, Path(tmp) / "out")
         if args.weights:
-            backbone, _ = run.load()
+            backbone = run.load().module
         else:
             from dinossl.models.vit import build_vit
 

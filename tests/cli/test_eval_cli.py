@@ -14,7 +14,6 @@ from torch import nn
 
 from dinossl.cli import build_parser, common, main
 from dinossl.cli.eval_classification import _target
-from dinossl.cli.eval_retrieval import backbone_run
 
 SMALL = ["--resize", "32", "--crop", "32", "--num-workers", "0"]
 
@@ -155,17 +154,17 @@ def test_bad_input_gives_one_line_and_writes_nothing(case, tiny_run, tmp_path, c
 @pytest.mark.parametrize("flag, expected", [([], True), (["--no-tf32"], False), (["--tf32"], True)])
 def test_tf32_flag_reaches_every_evaluation_runner(flag, expected, monkeypatch):
     """``--tf32/--no-tf32`` (where ``--device`` is) reaches the classification job, the
-    descriptor commands and the commands that take the backbone from ``backbone_on_device``."""
+    descriptor commands and the commands that take the backbone from ``backbone_harness``."""
     parser = build_parser()
     knn = parser.parse_args(["eval", "knn", "w.pth", "--data", "d", *flag])
     assert _target(knn).tf32 is expected
     retrieval = parser.parse_args(["eval", "retrieval", "w.pth", "--data", "d", "--dataset", "roxford5k", *flag])
-    assert backbone_run(retrieval).tf32 is expected
+    assert common.backbone_harness(retrieval).tf32 is expected
     video = parser.parse_args(["eval", "video", "w.pth", "--davis", "d", *flag])
     seen = []
-    monkeypatch.setattr(common, "configure_cuda", lambda device, tf32: seen.append(tf32))
-    monkeypatch.setattr(common, "load_backbone", lambda *args, **kwargs: nn.Identity())
-    common.backbone_on_device(video)
+    monkeypatch.setattr("dinossl.inference.harness.configure_cuda", lambda device, tf32: seen.append(tf32))
+    monkeypatch.setattr("dinossl.inference.harness.load_backbone", lambda *args, **kwargs: nn.Identity())
+    common.backbone_harness(video).load()
     assert seen == [expected]
 def _stop_after_epoch(monkeypatch, epoch: int) -> None:
     """The probe is killed right after it saved the state of ``epoch``."""

@@ -11,7 +11,7 @@ from dinossl.cli.common import (
     add_output,
     add_settings,
     add_weights,
-    backbone_on_device,
+    backbone_harness,
     option,
     read_settings,
 )
@@ -54,7 +54,8 @@ def run(args: argparse.Namespace) -> int:
     source = check_attention_input(args.input, args.video)
     output = usable_output_folder(args.output or default_output_folder("attention", args.weights, source, args.which),
                                   args.overwrite)
-    backbone, device = backbone_on_device(args)
+    loaded = backbone_harness(args).load()
+    backbone, device = loaded.module, loaded.device
     written = run_attention(
         backbone, source, output, video=args.video, short_side=settings.short_side, fraction=settings.fraction,
         video_name=settings.video_name, fps=settings.fps, head=settings.head, device=device,

@@ -15,14 +15,10 @@ import dataclasses
 from dataclasses import dataclass
 from typing import Any, Optional
 
-import torch
-from torch import nn
-
 from dinossl.config.merge import apply_overrides, build_dataclass, read_yaml_mapping
 from dinossl.errors import ConfigError
-from dinossl.runtime.cuda_settings import configure_cuda
-from dinossl.runtime.device import DEVICE_HELP, resolve_device
-from dinossl.weights import load_backbone
+from dinossl.inference import BackboneHarness
+from dinossl.runtime.device import DEVICE_HELP
 
 WEIGHTS_HELP = ("training checkpoint (checkpoint.pth), backbone file (.pth or .safetensors in the released layout), "
                 "released-model name (dino_vits16, dino_vits8, dino_vitb16, dino_vitb8, dino_resnet50), URL, or "
@@ -143,9 +139,10 @@ def parse_overrides_in(unknown: list[str]) -> tuple[list[str], Optional[str]]:
     return overrides, other
 
 
-def backbone_on_device(args: argparse.Namespace) -> tuple[nn.Module, torch.device]:
-    """The backbone ``WEIGHTS`` / ``--which`` name, in eval mode on ``--device`` (call it after
-    the command's inputs are checked: it may download released weights)."""
-    device = resolve_device(args.device)
-    configure_cuda(device, args.tf32)
-    return load_backbone(args.weights, which=args.which).to(device).eval(), device
+def backbone_harness(args: argparse.Namespace) -> BackboneHarness:
+    """The backbone ``WEIGHTS`` / ``--which`` name on ``--device`` (``--tf32``), with the
+    command's ``--batch-size`` / ``--num-workers`` where it has them, and ``--no-progress``.
+    Load it (``.load()``) after the command's inputs are checked: it may download released weights."""
+    batches = {name: getattr(args, name) for name in ("batch_size", "num_workers") if hasattr(args, name)}
+    return BackboneHarness(weights=args.weights, which=args.which, device=args.device, tf32=args.tf32,
+                           progress=not getattr(args, "no_progress", False), **batches)

@@ -5,8 +5,8 @@ from __future__ import annotations
 import argparse
 from pathlib import Path
 
-from dinossl.cli.common import HelpFormatter, add_settings, option, read_settings
-from dinossl.cli.eval_retrieval import add_run_arguments, backbone_run
+from dinossl.cli.common import HelpFormatter, add_settings, backbone_harness, option, read_settings
+from dinossl.cli.eval_retrieval import add_run_arguments
 from dinossl.eval.retrieval.dedupe import DedupeSettings, run_dedupe, run_query
 
 SECTIONS = {"dedupe": DedupeSettings}
@@ -47,13 +47,13 @@ def register(subparsers: argparse._SubParsersAction) -> None:
 def run(args: argparse.Namespace) -> int:
     settings = read_settings(args, SECTIONS, OPTIONS)["dedupe"]
     if args.query:
-        record = run_query(backbone_run(args), args.folder, args.query, settings, args.output, args.overwrite)
+        record = run_query(backbone_harness(args), args.folder, args.query, settings, args.output, args.overwrite)
         for entry in record["queries"]:
             print(entry["query"])
             for rank, hit in enumerate(entry["neighbours"], start=1):
                 print(f"  {rank:3d}  {hit['similarity']:.4f}  {hit['path']}")
         return 0
-    summary = run_dedupe(backbone_run(args), args.folder, settings, args.output, args.overwrite)
+    summary = run_dedupe(backbone_harness(args), args.folder, settings, args.output, args.overwrite)
     index = summary["index"]
     print(f"indexed {index['readable']} images ({index['unreadable']} unreadable); {summary['pairs']} pairs above "
           f"{summary['threshold']} in {summary['groups']} groups ({summary['images_in_groups']} images)")

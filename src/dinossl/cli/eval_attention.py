@@ -12,7 +12,7 @@ from dinossl.cli.common import (
     add_output,
     add_settings,
     add_weights,
-    backbone_on_device,
+    backbone_harness,
     option,
     read_settings,
 )
@@ -85,12 +85,15 @@ def run_masks(args: argparse.Namespace) -> int:
     pairs = pair_images_with_masks(args.images, args.masks)
     output = usable_output_folder(args.output or default_output_folder("eval-masks", args.weights, args.images,
                                                                        args.which), args.overwrite)
-    backbone, device = backbone_on_device(args)
+    harness = backbone_harness(args)
+    loaded = harness.load()
+    backbone, device = loaded.module, loaded.device
     report, examples = evaluate_masks(
         backbone, pairs, short_side=settings.short_side, fraction=settings.fraction,
         threshold=settings.mask_threshold, device=device, progress=not args.no_progress, keep=settings.examples,
     )
     report["settings"]["weights"] = str(Path(args.weights))
+    report["weights"] = harness.describe(loaded)
     write_mask_report(report, examples, output, title=Path(args.weights).name)
     summary = report["summary"]
     print(f"Jaccard over {summary['images']} images: best head {summary['best_head_jaccard']:.3f}, "
@@ -104,9 +107,11 @@ def run_video(args: argparse.Namespace) -> int:
     DavisLayout(args.davis, args.resolution).sequences(args.sequences)  # checked before any weights are loaded
     output = usable_output_folder(args.output or default_output_folder("eval-video", args.weights, args.davis,
                                                                        args.which), args.overwrite)
-    backbone, device = backbone_on_device(args)
-    report = evaluate_davis(backbone, args.davis, output, args.sequences, args.resolution, settings, device,
-                            progress=not args.no_progress, max_frames=args.max_frames)
+    harness = backbone_harness(args)
+    loaded = harness.load()
+    report = evaluate_davis(loaded.module, args.davis, output, args.sequences, args.resolution, settings,
+                            loaded.device, progress=not args.no_progress, max_frames=args.max_frames,
+                            weights=harness.describe(loaded))
     for name, scores in report["sequences"].items():
         print(f"{name:24s} J {scores['J']:.3f}  F {scores['F']:.3f}  J&F {scores['J&F']:.3f}")
     overall = report["overall"]

@@ -6,8 +6,16 @@ from __future__ import annotations
 import argparse
 from pathlib import Path
 
-from dinossl.cli.common import HelpFormatter, add_device, add_output, add_settings, add_weights, option, read_settings
-from dinossl.eval.retrieval.backbone_run import BackboneRun
+from dinossl.cli.common import (
+    HelpFormatter,
+    add_device,
+    add_output,
+    add_settings,
+    add_weights,
+    backbone_harness,
+    option,
+    read_settings,
+)
 from dinossl.eval.retrieval.copydays import CopyDetectionSettings, run_copydetection
 from dinossl.eval.retrieval.revisited import RetrievalSettings, run_retrieval
 
@@ -35,11 +43,6 @@ def add_run_arguments(parser: argparse.ArgumentParser, default_batch: int, outpu
     parser.add_argument("--batch-size", type=int, default=default_batch, help="images per forward pass")
     parser.add_argument("--num-workers", type=int, default=4, help="image-decoding processes")
     add_output(parser, output_default)
-
-
-def backbone_run(args: argparse.Namespace) -> BackboneRun:
-    return BackboneRun(weights=args.weights, which=args.which, device=args.device, batch_size=args.batch_size,
-                       num_workers=args.num_workers, progress=not args.no_progress, tf32=args.tf32)
 
 
 def register(subparsers: argparse._SubParsersAction) -> None:
@@ -78,7 +81,7 @@ def register(subparsers: argparse._SubParsersAction) -> None:
 
 def run_retrieval_command(args: argparse.Namespace) -> int:
     settings = read_settings(args, RETRIEVAL, RETRIEVAL_OPTIONS)["retrieval"]
-    record = run_retrieval(backbone_run(args), args.data, args.dataset, settings, args.output, args.overwrite)
+    record = run_retrieval(backbone_harness(args), args.data, args.dataset, settings, args.output, args.overwrite)
     results = record["results"]
     for setting in ("medium", "hard"):
         scores = results[setting]
@@ -89,7 +92,7 @@ def run_retrieval_command(args: argparse.Namespace) -> int:
 
 def run_copydetection_command(args: argparse.Namespace) -> int:
     settings = read_settings(args, COPIES, COPY_OPTIONS)["copydetection"]
-    record = run_copydetection(backbone_run(args), args.data, args.distractors, args.whitening, settings,
+    record = run_copydetection(backbone_harness(args), args.data, args.distractors, args.whitening, settings,
                                args.output, args.overwrite)
     for name, block in record["results"]["blocks"].items():
         print(f"{name:16s} mAP {block['mAP']:.2f}  ({block['queries']} queries)")

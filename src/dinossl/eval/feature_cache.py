@@ -29,13 +29,6 @@ log = logging.getLogger("dinossl")
 Features = tuple[torch.Tensor, torch.Tensor]
 
 
-def file_identity(path: str | Path) -> dict[str, Any]:
-    """What identifies a weights file's content cheaply: resolved path, size, modification time."""
-    path = Path(path).resolve()
-    stat = path.stat()
-    return {"path": str(path), "bytes": stat.st_size, "mtime_ns": stat.st_mtime_ns}
-
-
 def cache_key(identity: dict[str, Any]) -> str:
     """16 hex digits of the SHA-256 of the identity's canonical JSON."""
     return hashlib.sha256(json.dumps(identity, sort_keys=True).encode()).hexdigest()[:16]

@@ -18,10 +18,10 @@ from dinossl.inference.batches import (
 from dinossl.inference.harness import BackboneHarness
 from dinossl.inference.identity import describe_backbone, file_identity, require_vit, weights_identity, weights_sha256
 from dinossl.inference.loaded import LoadedBackbone, backbone_output
-from dinossl.inference.outputs import BackboneOutputs, cls_attention, forward_outputs, patch_tokens
+from dinossl.inference.outputs import BackboneOutputs, cls_attention, forward_outputs, patch_grid, patch_tokens
 
 __all__ = [
     "BackboneHarness", "BackboneOutputs", "ComputedBatch", "ImageFiles", "LoadedBackbone", "TransformedImages",
     "backbone_output", "cls_attention", "collate_indexed", "describe_backbone", "file_identity", "forward_outputs",
-    "image_loader", "patch_tokens", "require_vit", "weights_identity", "weights_sha256",
+    "image_loader", "patch_grid", "patch_tokens", "require_vit", "weights_identity", "weights_sha256",
 ]

@@ -10,7 +10,7 @@ from typing import Optional
 import torch
 from torch import nn
 
-from dinossl.errors import CheckpointError, DinoError
+from dinossl.errors import CheckpointError
 from dinossl.inference.identity import require_vit
 
 
@@ -34,7 +34,7 @@ def patch_grid(backbone: nn.Module, images: torch.Tensor) -> tuple[int, int]:
     patch = require_vit(backbone)
     height, width = images.shape[-2:]
     if height % patch or width % patch:
-        raise DinoError(f"image size {height}x{width} is not a multiple of the patch size {patch}")
+        raise ValueError(f"image size {height}x{width} is not a multiple of the patch size {patch}")
     return height // patch, width // patch
 
 

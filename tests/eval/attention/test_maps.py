@@ -9,7 +9,7 @@ from PIL import Image
 
 from dinossl.errors import CheckpointError, ConfigError, DataError, DinoError
 from dinossl.eval.attention.maps import cls_attention, mass_mask, upsample
-from dinossl.eval.backbones import require_vit
+from dinossl.inference import require_vit
 from dinossl.eval.attention.report import attend, attention_video, save_image_attention
 from dinossl.eval.frames import common_size, list_frames, read_video, write_video
 from dinossl.eval.image_input import as_rgb, plan_geometry, read_rgb, to_input

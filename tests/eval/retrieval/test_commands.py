@@ -26,7 +26,7 @@ def no_weights(monkeypatch):
     def refuse(*args, **kwargs):
         raise AssertionError("weights were loaded before the inputs were checked")
 
-    monkeypatch.setattr("dinossl.eval.retrieval.backbone_run.load_backbone", refuse)
+    monkeypatch.setattr("dinossl.inference.harness.load_backbone", refuse)
 
 
 def _corrupt_folder(folder: Path, count: int = 3) -> Path:

@@ -22,7 +22,7 @@ from torch import nn
 
 from dinossl.cli import main
 from dinossl.errors import DinoError
-from dinossl.eval.retrieval.backbone_run import BackboneRun
+from dinossl.inference import BackboneHarness, LoadedBackbone
 from dinossl.eval.retrieval.dedupe import check_output_folder, connected_groups, group_records
 from dinossl.eval.search import Pairs
 
@@ -162,7 +162,7 @@ class ColourStatistics(nn.Module):
 
 def test_whitening_on_the_folder_itself_matches_a_direct_computation(planted, tmp_path, monkeypatch, dinossl_log):
     root, expected_copies = planted
-    monkeypatch.setattr(BackboneRun, "load", lambda self: (ColourStatistics(), torch.device("cpu")))
+    monkeypatch.setattr(BackboneHarness, "load", lambda self: LoadedBackbone(ColourStatistics(), torch.device("cpu")))
     out = tmp_path / "white"
     assert main(["dedupe", "colour-statistics", str(root), "--output", str(out), "--descriptor", "cls",
                  "--threshold", "0.9", "--whiten", *FAST]) == 0

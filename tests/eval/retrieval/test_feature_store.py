@@ -8,7 +8,7 @@ import pytest
 import torch
 from torch import nn
 
-from dinossl.eval.retrieval.backbone_run import BackboneRun
+from dinossl.inference import BackboneHarness
 from dinossl.eval.retrieval.dedupe import DedupeSettings, index_images
 from dinossl.eval.retrieval.feature_store import FeatureStore, StoreMismatch
 from dinossl.weights import load_backbone
@@ -51,7 +51,7 @@ class StopsAfter(nn.Module):
 def test_an_interrupted_index_resumes_and_matches_an_uninterrupted_one(vit_weights, horse_photos, tmp_path):
     files = horse_photos[:13]
     settings = DedupeSettings(imsize=64)
-    run = BackboneRun(str(vit_weights), batch_size=3, num_workers=0, progress=False)
+    run = BackboneHarness(str(vit_weights), batch_size=3, num_workers=0, progress=False)
     vit = load_backbone(vit_weights).eval()
     identity = {"images": [str(f) for f in files], "imsize": 64}
 

@@ -11,8 +11,8 @@ import torch
 from torch import nn
 from torch.nn import functional as F
 
-from dinossl.errors import CheckpointError, ConfigError
-from dinossl.eval.backbones import require_vit
+from dinossl.errors import ConfigError
+from dinossl.inference import cls_attention as attention_maps
 
 DEFAULT_FRACTION = 0.6
 
@@ -26,25 +26,10 @@ def check_fraction(fraction: float) -> float:
 
 @torch.no_grad()
 def cls_attention(backbone: nn.Module, images: torch.Tensor) -> torch.Tensor:
-    """(B, 3, H, W) images, H and W multiples of the patch size -> (B, heads, H/p, W/p) maps.
-
-    Each map is the softmaxed attention of the [CLS] query over the patch keys of the last
-    block (the [CLS] key and any other prefix tokens are left out, so a map sums to < 1).
-    """
-    patch = require_vit(backbone)
-    batch, _, height, width = images.shape
-    if height % patch or width % patch:
-        raise ValueError(f"image size {height}x{width} is not a multiple of the patch size {patch}")
-    try:
-        attention = backbone.last_selfattention(images, cls_only=True)
-    except TypeError as exc:
-        raise CheckpointError(str(exc)) from exc
-    prefix = getattr(backbone, "num_prefix_tokens", 1)
-    maps = attention[:, :, 0, prefix:]
-    rows, cols = height // patch, width // patch
-    if maps.shape[-1] != rows * cols:
-        raise RuntimeError(f"expected {rows * cols} patch tokens, the backbone gave {maps.shape[-1]}")
-    return maps.reshape(batch, -1, rows, cols).float()
+    """(B, 3, H, W) images, H and W multiples of the patch size -> (B, heads, H/p, W/p) float32
+    maps of the last block's [CLS] attention over the patch keys (the harness's attention output,
+    :func:`dinossl.inference.cls_attention`; a map sums to < 1)."""
+    return attention_maps(backbone, images).float()
 
 
 def mass_mask(maps: torch.Tensor, fraction: float = DEFAULT_FRACTION) -> torch.Tensor:

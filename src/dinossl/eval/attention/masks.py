@@ -27,6 +27,7 @@ from dinossl.eval.attention.report import ImageAttention, attend
 from dinossl.eval.frames import image_files
 from dinossl.eval.image_input import Geometry, open_image, plan_geometry
 from dinossl.eval.mask_metrics import region_similarity
+from dinossl.inference import describe_backbone
 
 log = logging.getLogger("dinossl")
 
@@ -148,6 +149,7 @@ def evaluate_masks(backbone: nn.Module, pairs: Sequence[tuple[Path, Path]], shor
     heads = len(images[0].per_head)
     per_head = np.mean([s.per_head for s in images], axis=0)
     report = {
+        "weights": {"backbone": describe_backbone(backbone)},
         "settings": {"short_side": short_side, "mass_fraction": fraction, "mask_threshold": threshold,
                      "patch_size": patch_size, "heads": heads},
         "summary": {

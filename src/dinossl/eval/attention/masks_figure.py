@@ -4,7 +4,6 @@ ground-truth outline in green)."""
 
 from __future__ import annotations
 
-import json
 from pathlib import Path
 from typing import Sequence
 
@@ -14,6 +13,7 @@ from dinossl.eval.attention.maps import upsample
 from dinossl.eval.attention.report import ImageAttention
 from dinossl.eval.attention.masks import jaccard
 from dinossl.eval.attention.overlay import mask_overlay
+from dinossl.eval.results import RESULTS_NAME, write_results
 from dinossl.optional import require
 
 TRUTH_COLOUR = (40, 220, 60)
@@ -32,8 +32,7 @@ def write_mask_report(report: dict, examples: Sequence[tuple[ImageAttention, np.
     """Write ``results.json`` and ``jaccard.png`` into ``output``; returns their paths."""
     Figure = require("matplotlib.figure", "the Jaccard figure").Figure
     output.mkdir(parents=True, exist_ok=True)
-    results = output / "results.json"
-    results.write_text(json.dumps(report, indent=2) + "\n")
+    results = write_results(output / RESULTS_NAME, report, overwrite=True)  # the folder was checked before
     summary = report["summary"]
     per_head = summary["per_head_jaccard"]
     columns = max(1, len(examples))

@@ -22,9 +22,10 @@ from torch import nn
 from tqdm import tqdm
 
 from dinossl.errors import DataError
-from dinossl.eval.attention.maps import DEFAULT_FRACTION, check_fraction, cls_attention, mass_mask, require_vit, upsample
+from dinossl.eval.attention.maps import DEFAULT_FRACTION, check_fraction, cls_attention, mass_mask, upsample
 from dinossl.eval.frames import common_size, image_files, is_video_file, list_frames, read_video, write_video
 from dinossl.eval.image_input import as_rgb, open_image, plan_geometry, to_input
+from dinossl.inference import require_vit
 from dinossl.eval.attention.overlay import heatmap_overlay, mask_overlay
 
 log = logging.getLogger("dinossl")

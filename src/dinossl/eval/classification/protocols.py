@@ -279,8 +279,7 @@ def _run(target: EvalTarget, evaluation: str, images: ImageSettings, body: Body,
         protocol, settings, results = body(backbone, splits, ctx, cache, folder)
         record = {
             "evaluation": evaluation, "protocol": protocol,
-            "weights": {"path": str(target.local_weights.resolve()) if target.local_weights else str(target.weights),
-                        "which": target.which},
+            "weights": harness.describe(backbone),
             "backbone": describe_backbone(backbone), "data": splits.describe(), "settings": settings,
             "results": results, "processes": ctx.world_size, "device": str(ctx.device),
             "wall_s": round(time.perf_counter() - start, 1),

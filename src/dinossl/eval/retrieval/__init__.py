@@ -10,7 +10,6 @@ Modules, each building on the ones before it:
 * :mod:`~dinossl.eval.retrieval.whitening`: PCA whitening learned on a set;
 * :mod:`~dinossl.eval.retrieval.feature_store`: float16 memory-mapped descriptors, resumable;
 * :mod:`~dinossl.eval.retrieval.contact_sheet`: thumbnails of image groups;
-* :mod:`~dinossl.eval.retrieval.backbone_run`: weights, device and output names shared by the commands;
 * :mod:`~dinossl.eval.retrieval.revisited`, :mod:`~dinossl.eval.retrieval.copydays`,
   :mod:`~dinossl.eval.retrieval.dedupe`: ``dino eval retrieval``, ``dino eval copydetection``
   and ``dino dedupe`` end to end.

@@ -35,7 +35,7 @@ from torch.nn import functional as F
 
 from dinossl.errors import DataError, DinoError
 from dinossl.eval.image_input import open_image
-from dinossl.eval.retrieval.backbone_run import BackboneRun
+from dinossl.inference import BackboneHarness
 from dinossl.outputs import check_writable, default_output_folder
 from dinossl.eval.retrieval.contact_sheet import contact_sheet
 from dinossl.eval.retrieval.descriptors import (
@@ -176,7 +176,7 @@ def _open_store(folder: Path, identity: dict[str, Any], restart: bool) -> Option
 
 @torch.no_grad()
 def index_images(backbone: nn.Module, files: Sequence[Path], store_folder: str | Path, identity: dict[str, Any],
-                 settings: DedupeSettings, run: BackboneRun, device: torch.device, restart: bool = False,
+                 settings: DedupeSettings, run: BackboneHarness, device: torch.device, restart: bool = False,
                  names: Optional[Sequence[str]] = None) -> tuple[FeatureStore, IndexReport]:
     """Describe ``files`` into the store in ``store_folder``, resuming a store of the same
     ``identity``; returns the complete store and what was done."""
@@ -194,7 +194,7 @@ def index_images(backbone: nn.Module, files: Sequence[Path], store_folder: str |
     if store is None or not store.complete:
         requests = [ImageRequest(p) for p in files[offset:]]
         for batch in iter_descriptors(backbone, requests, settings.resize, settings.spec, device, run.batch_size,
-                                      run.num_workers, run.progress, label="index"):
+                                      run.workers, run.progress, label="index"):
             pending += [(offset + i, reason) for i, reason in batch.unreadable]
             if store is None:
                 if not batch.indices:
@@ -301,7 +301,7 @@ def _search_facts(settings: DedupeSettings, dim: int) -> dict[str, Any]:
     return facts
 
 
-def _prepare(run: BackboneRun, folder: str | Path, settings: DedupeSettings, output: Optional[str | Path],
+def _prepare(run: BackboneHarness, folder: str | Path, settings: DedupeSettings, output: Optional[str | Path],
              overwrite: bool, writes: Sequence[str]) -> tuple[Path, list[Path], list[str], dict[str, Any]]:
     """Checks before any weights are loaded: output folder, then the images."""
     out = check_output_folder(output or default_output_folder("dedupe", run.weights, folder, run.which),
@@ -314,17 +314,18 @@ def _prepare(run: BackboneRun, folder: str | Path, settings: DedupeSettings, out
     return out, files, names, identity
 
 
-def _settings_record(settings: DedupeSettings, run: BackboneRun) -> dict[str, Any]:
+def _settings_record(settings: DedupeSettings, run: BackboneHarness) -> dict[str, Any]:
     return {**asdict(settings), "descriptor": settings.spec.describe(), "resize": asdict(settings.resize),
             "batch_size": run.batch_size}
 
 
-def run_dedupe(run: BackboneRun, folder: str | Path, settings: DedupeSettings = DedupeSettings(),
+def run_dedupe(run: BackboneHarness, folder: str | Path, settings: DedupeSettings = DedupeSettings(),
                output: Optional[str | Path] = None, overwrite: bool = False) -> dict[str, Any]:
     """Index ``folder``, find the pairs above the threshold and their groups, write the
     results; returns the summary written in groups.json."""
     out, files, names, identity = _prepare(run, folder, settings, output, overwrite, DEDUPE_FILES)
-    backbone, device = run.load()
+    loaded = run.load()
+    backbone, device = loaded.module, loaded.device
     settings.spec.check(backbone)
     store, report = index_images(backbone, files, out / INDEX, identity, settings, run, device, overwrite, names)
     rows = store.readable_rows()
@@ -359,7 +360,7 @@ def run_dedupe(run: BackboneRun, folder: str | Path, settings: DedupeSettings = 
     return summary
 
 
-def run_query(run: BackboneRun, folder: str | Path, queries: Sequence[str | Path],
+def run_query(run: BackboneHarness, folder: str | Path, queries: Sequence[str | Path],
               settings: DedupeSettings = DedupeSettings(), output: Optional[str | Path] = None,
               overwrite: bool = False) -> dict[str, Any]:
     """Index ``folder`` (or reuse its index), then write the top-k neighbours of each query
@@ -372,7 +373,8 @@ def run_query(run: BackboneRun, folder: str | Path, queries: Sequence[str | Path
             raise DataError(f"query image {path} does not exist")
         open_image(path)  # DataError when it cannot be decoded
     out, files, names, identity = _prepare(run, folder, settings, output, overwrite, QUERY_FILES)
-    backbone, device = run.load()
+    loaded = run.load()
+    backbone, device = loaded.module, loaded.device
     settings.spec.check(backbone)
     store, report = index_images(backbone, files, out / INDEX, identity, settings, run, device, overwrite, names)
     rows = store.readable_rows()

@@ -22,7 +22,7 @@ from torch import nn
 
 from dinossl.errors import DataError, DinoError
 from dinossl.eval.results import write_results
-from dinossl.eval.retrieval.backbone_run import BackboneRun
+from dinossl.inference import BackboneHarness
 from dinossl.outputs import default_output_folder, usable_output_folder
 from dinossl.eval.retrieval.benchmark_files import RevisitedBenchmark, open_revisited
 from dinossl.eval.retrieval.descriptors import (
@@ -72,9 +72,9 @@ def _query_requests(benchmark: RevisitedBenchmark, crop: bool) -> list[ImageRequ
 
 
 def revisited_protocol(backbone: nn.Module, benchmark: RevisitedBenchmark, settings: RetrievalSettings,
-                       run: BackboneRun, device: torch.device) -> dict[str, Any]:
+                       run: BackboneHarness, device: torch.device) -> dict[str, Any]:
     """Descriptors, rankings and scores of one benchmark (see the module docstring)."""
-    common = dict(device=device, batch_size=run.batch_size, num_workers=run.num_workers, progress=run.progress)
+    common = dict(device=device, batch_size=run.batch_size, num_workers=run.workers, progress=run.progress)
     database = describe_images(backbone, [ImageRequest(p) for p in benchmark.database_paths], settings.resize,
                                settings.spec, label="database", **common)
     queries = describe_images(backbone, _query_requests(benchmark, settings.crop_queries), settings.resize,
@@ -97,7 +97,7 @@ def revisited_protocol(backbone: nn.Module, benchmark: RevisitedBenchmark, setti
                                    for k in set(database.notes) | set(queries.notes)}}
 
 
-def run_retrieval(run: BackboneRun, data: str | Path, dataset: str, settings: RetrievalSettings = RetrievalSettings(),
+def run_retrieval(run: BackboneHarness, data: str | Path, dataset: str, settings: RetrievalSettings = RetrievalSettings(),
                   output: Optional[str | Path] = None, overwrite: bool = False) -> dict[str, Any]:
     """Check the benchmark and the output folder, then load the weights, evaluate and write
     ``<output>/results.json``; returns the record written."""
@@ -109,7 +109,8 @@ def run_retrieval(run: BackboneRun, data: str | Path, dataset: str, settings: Re
     folder = usable_output_folder(output or default_output_folder("retrieval", run.weights, dataset, run.which), overwrite)
     check_some_decode(benchmark.database_paths, f"{benchmark.images} (database)")
     check_some_decode(benchmark.query_paths, f"{benchmark.images} (queries)")
-    backbone, device = run.load()
+    loaded = run.load()
+    backbone, device = loaded.module, loaded.device
     start = time.perf_counter()
     results = revisited_protocol(backbone, benchmark, settings, run, device)
     record = {

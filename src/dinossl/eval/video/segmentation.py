@@ -16,7 +16,6 @@ the GPU).
 
 from __future__ import annotations
 
-import json
 import logging
 from collections import deque
 from dataclasses import asdict, dataclass
@@ -30,11 +29,12 @@ from torch.nn import functional as F
 from tqdm import tqdm
 
 from dinossl.errors import ConfigError, DataError
-from dinossl.eval.backbones import require_vit
 from dinossl.eval.video.davis import DavisLayout, object_ids, read_annotation, score_sequence, summarise, write_annotation
 from dinossl.eval.frames import common_size, list_frames
 from dinossl.eval.image_input import as_rgb, open_image, plan_geometry, to_input
 from dinossl.eval.video.propagation import DEFAULT_RADIUS, DEFAULT_TEMPERATURE, DEFAULT_TOPK, propagate_labels
+from dinossl.eval.results import RESULTS_NAME, write_results
+from dinossl.inference import describe_backbone, patch_grid, patch_tokens, require_vit
 
 log = logging.getLogger("dinossl")
 
@@ -64,12 +64,8 @@ class PropagationSettings:
 @torch.no_grad()
 def patch_features(backbone: nn.Module, frame: torch.Tensor) -> torch.Tensor:
     """(1, 3, H, W) normalised frame -> (d, H/p, W/p) L2-normalised last-block patch tokens."""
-    patch = require_vit(backbone)
-    _, _, height, width = frame.shape
-    tokens = backbone.intermediate_layers(frame, 1)[0][0, getattr(backbone, "num_prefix_tokens", 1):]
-    rows, cols = height // patch, width // patch
-    if tokens.shape[0] != rows * cols:
-        raise RuntimeError(f"expected {rows * cols} patch tokens, the backbone gave {tokens.shape[0]}")
+    rows, cols = patch_grid(backbone, frame)
+    tokens = patch_tokens(backbone, frame)[0]
     return F.normalize(tokens.float(), dim=-1).T.reshape(-1, rows, cols)
 
 
@@ -145,10 +141,12 @@ def _annotations(folder: Path, frames: Sequence[Path]) -> list[Optional[Path]]:
 
 def evaluate_davis(backbone: nn.Module, root: str | Path, output: Path, sequences: Optional[Sequence[str]] = None,
                    resolution: str = "480p", settings: PropagationSettings = PropagationSettings(),
-                   device: str | torch.device = "cpu", progress: bool = True, max_frames: Optional[int] = None) -> dict:
+                   device: str | torch.device = "cpu", progress: bool = True, max_frames: Optional[int] = None,
+                   weights: Optional[dict] = None) -> dict:
     """Segment each sequence from its first annotation, write ``output/<seq>/NNNNN.png`` palette
     masks, score them (J, F, J&F per object, per sequence, overall) and write
-    ``output/results.json``. ``max_frames`` keeps only each sequence's first frames (quick checks)."""
+    ``output/results.json`` (``weights``: the results file's weights record; default: the
+    architecture only). ``max_frames`` keeps only each sequence's first frames (quick checks)."""
     layout = DavisLayout(Path(root), resolution)
     names = layout.sequences(sequences)
     per_sequence = {}
@@ -178,5 +176,6 @@ def evaluate_davis(backbone: nn.Module, root: str | Path, output: Path, sequence
     report = summarise(per_sequence)
     report["settings"] = {**asdict(settings), "resolution": resolution, "max_frames": max_frames,
                           "scored_frames": "all annotated frames but the first and the last"}
-    (output / "results.json").write_text(json.dumps(report, indent=2) + "\n")
+    report["weights"] = weights if weights is not None else {"backbone": describe_backbone(backbone)}
+    write_results(output / RESULTS_NAME, report, overwrite=True)  # the folder was checked before any work
     return report
