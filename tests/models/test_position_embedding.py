@@ -164,3 +164,14 @@ def test_scale_factors_not_sizes_set_the_sampling():
 def test_a_table_that_is_not_a_square_grid_is_refused():
     with pytest.raises(ValueError, match="square grid"):
         resample_position_embeddings(torch.zeros(1, 1 + 12, 4), 3, 5, square_image=False)
+
+
+@pytest.mark.parametrize("rows,cols,square", [(14, 14, True), (14, 14, False), (14, 6, False), (20, 20, True),
+                                              (3, 5, False), (2, 2, True)])
+def test_in_graph_rule_equals_the_interpolation(rows, cols, square):
+    """The separable-matrix form used under torch.export (ONNX) gives the bicubic resampling."""
+    from dinossl.models.position_embedding import _resample_in_graph
+
+    table = torch.randn(1, 1 + 14 * 14, 8)
+    expected = resample_position_embeddings(table, rows, cols, square)
+    assert torch.allclose(_resample_in_graph(table, rows, cols, square), expected, atol=1e-5, rtol=0)
