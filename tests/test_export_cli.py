@@ -214,4 +214,22 @@ def test_cli_formats_are_the_library_formats():
     from dinossl.cli import export
     from dinossl.weights import FORMATS
 
-    assert export.FORMATS == FORMATS
+    assert export.ALL_FORMATS == (*FORMATS, "onnx")
+
+
+def test_output_ending_in_the_format_is_the_file(init_weights, capsys, tmp_path):
+    target = tmp_path / "exp.safetensors"
+    status, stdout, _ = _export(capsys, init_weights, "--format", "safetensors", "--output", target)
+    assert status == 0 and target.is_file() and str(target) in stdout
+    assert _equal_states(load_file(str(target)), torch.load(init_weights, weights_only=True))
+    # the extension alone picks the format; a folder-like name stays a folder
+    assert _export(capsys, init_weights, "--output", tmp_path / "b.pth")[0] == 0
+    assert _equal_states(torch.load(tmp_path / "b.pth", weights_only=True), torch.load(init_weights, weights_only=True))
+    assert _export(capsys, init_weights, "--output", tmp_path / "folder")[0] == 0
+    assert (tmp_path / "folder" / f"{init_weights.stem}_teacher_backbone.pth").is_file()
+
+
+def test_output_of_another_format_is_one_error_line(init_weights, capsys, tmp_path):
+    status, stdout, err = _export(capsys, init_weights, "--format", "pth", "--output", tmp_path / "x.safetensors")
+    assert status == 2 and stdout == "" and len(err) == 1 and "--format is pth" in err[0]
+    assert not list(tmp_path.iterdir())

@@ -9,7 +9,7 @@ from types import ModuleType
 from dinossl.errors import DinoError
 
 EXTRAS = {"matplotlib": "viz", "av": "video", "torch.utils.tensorboard": "tensorboard", "faiss": "faiss", "huggingface_hub": "hf",
-          "wandb": "wandb", "mlflow": "mlflow"}
+          "wandb": "wandb", "mlflow": "mlflow", "onnx": "onnx", "onnxscript": "onnx", "onnxruntime": "onnx"}
 
 
 def require(module: str, feature: str) -> ModuleType:

@@ -17,7 +17,7 @@ from dinossl.weights.loading import state_problems
 from dinossl.weights.sources import read_backbone_state
 from dinossl.weights.spec import infer_spec
 
-FORMATS = ("pth", "safetensors")  # dinossl.cli.export keeps a copy, to build its parser without torch
+FORMATS = ("pth", "safetensors")  # state-dict formats; dinossl.cli.export adds onnx (dinossl.inference.onnx_export)
 
 
 def released_state(state: dict[str, torch.Tensor], spec: Optional[BackboneSpec] = None,
