@@ -38,7 +38,7 @@ from torchvision.io import ImageReadMode, decode_jpeg
 from dinossl.config import CropConfig
 from dinossl.data.batched_crops import draw_params_batch, random_resized_boxes
 from dinossl.data.crop_recipe import FLIP_P, CropRecipe, crop_recipe
-from dinossl.data.images import ArrayImages, ImageFolder
+from dinossl.data.images import ArrayImages, ImageFolder, UnreadableImage, to_rgb, upright
 from dinossl.data.loader import ShardedEpochSampler, sample_seed
 from dinossl.data.photometric_params import RawCrops
 
@@ -115,11 +115,13 @@ class EncodedImageDataset(Dataset):
             raw = path.read_bytes()
             with Image.open(io.BytesIO(raw)) as image:
                 width, height = image.size  # the header only
-                if raw.startswith(JPEG_MAGIC) and image.mode in ("RGB", "L"):
+                if raw.startswith(JPEG_MAGIC) and image.mode in ("RGB", "L") and upright(image) is image:
                     data = torch.frombuffer(bytearray(raw), dtype=torch.uint8)
-                else:  # PNG, CMYK JPEG, ...: decoded here
-                    data = torch.from_numpy(np.array(image.convert("RGB"))).permute(2, 0, 1).contiguous()
-        except (UnidentifiedImageError, OSError, ValueError, SyntaxError) as exc:
+                else:  # PNG, CMYK or EXIF-rotated JPEG, ...: decoded here by the package's colour rule
+                    picture = to_rgb(image)
+                    width, height = picture.size
+                    data = torch.from_numpy(np.array(picture)).permute(2, 0, 1).contiguous()
+        except (UnidentifiedImageError, UnreadableImage, OSError, ValueError, SyntaxError) as exc:
             log.debug("skipping unreadable image %s: %s", path, exc)
             return None
         return data, height, width

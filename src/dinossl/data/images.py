@@ -1,25 +1,32 @@
-"""Image sources: folders with or without class subfolders, and in-memory arrays.
+"""Image sources (folders with or without class subfolders, and in-memory arrays) and the
+package's one colour rule.
 
 An image source gives ``len(source)`` and ``source.load(i) -> (PIL RGB image, label)``;
 unlabeled images carry label -1. Files that cannot be decoded raise
 :class:`UnreadableImage`, which the loaders skip and count: truncated or empty files, other
 files named like images, images over PIL's decompression-bomb limit (``Image.MAX_IMAGE_PIXELS``)
-and floating-point images. 16-bit images are scaled to 8 bits (65535 -> 255); palette images
-with transparency and images with alpha keep their colours (alpha dropped), as
-``Image.convert("RGB")`` does.
+and floating-point images.
+
+Colour rule (:func:`to_rgb`; training, evaluation and the device crop path all use it): the
+picture is first turned upright as its EXIF orientation says; grayscale is replicated to R, G
+and B; 16-bit grayscale is scaled to 8 bits (65535 -> 255); palette, CMYK, YCbCr and other
+8-bit modes are converted by PIL; an alpha channel (also a palette's transparency) is removed
+by compositing the picture over white; floating-point and 32-bit integer images beyond 16 bits
+are refused.
 """
 
 from __future__ import annotations
 
 import warnings
 from pathlib import Path
-from typing import Protocol, Sequence
+from typing import Optional, Protocol, Sequence
 
 import numpy as np
-from PIL import Image, UnidentifiedImageError
+from PIL import Image, ImageOps, UnidentifiedImageError
 
 from dinossl.errors import DataError
 
+ORIENTATION_TAG = 0x0112  # EXIF orientation
 IMAGE_EXTENSIONS = (".jpg", ".jpeg", ".png", ".bmp", ".webp", ".tif", ".tiff", ".gif", ".ppm")
 
 
@@ -117,25 +124,51 @@ def _name(image: Image.Image) -> str:
     return str(getattr(image, "filename", "") or "image")
 
 
-_SIXTEEN_BIT_MODES = ("I;16", "I;16L", "I;16B", "I;16N")
+SIXTEEN_BIT_MODES = ("I;16", "I;16L", "I;16B", "I;16N", "I")
+ALPHA_MODES = ("RGBA", "RGBa", "LA", "La", "PA")
+GRAY_MODES = ("1", "L", "LA", "La") + SIXTEEN_BIT_MODES
+
+
+def has_alpha(image: Image.Image) -> bool:
+    """Whether the picture carries transparency: an alpha channel or a palette's transparent index."""
+    return image.mode in ALPHA_MODES or (image.mode == "P" and "transparency" in image.info)
+
+
+def colour_note(image: Image.Image) -> Optional[str]:
+    """What :func:`to_rgb` does to the picture's colours: "alpha", "grayscale", "16-bit" or None
+    (RGB, palette without transparency, CMYK, ...: an ordinary conversion)."""
+    if has_alpha(image):
+        return "alpha"
+    if image.mode in SIXTEEN_BIT_MODES:
+        return "16-bit"
+    return "grayscale" if image.mode in GRAY_MODES else None
+
+
+def upright(image: Image.Image) -> Image.Image:
+    """The picture turned as its EXIF orientation tag says (the picture itself when it has none)."""
+    orientation = image.getexif().get(ORIENTATION_TAG, 1)
+    return ImageOps.exif_transpose(image) if orientation not in (None, 1) else image
 
 
 def to_rgb(image: Image.Image) -> Image.Image:
-    """An 8-bit RGB copy of an open image: 16-bit grayscale scaled by 255/65535 (``convert``
-    would clip it to white); palette transparency resolved through RGBA (no PIL warning).
-    Raises UnreadableImage for floating-point and 32-bit integer images beyond 16 bits."""
+    """An 8-bit RGB copy of an open image, by the module's colour rule; UnreadableImage for
+    floating-point images and 32-bit integer values outside 0-65535."""
+    name = _name(image)
+    image = upright(image)
     mode = image.mode
-    if mode in _SIXTEEN_BIT_MODES or mode == "I":
+    if mode in SIXTEEN_BIT_MODES:
         values = np.asarray(image, dtype=np.int64)
         if values.min(initial=0) < 0 or values.max(initial=0) > 65535:
-            raise UnreadableImage(f"{_name(image)}: {mode} values outside 0-65535 are not supported")
+            raise UnreadableImage(f"{name}: {mode} values outside 0-65535 are not supported")
         gray = ((values * 255 + 32767) // 65535).astype(np.uint8)
         return Image.fromarray(gray, mode="L").convert("RGB")
     if mode == "F":
-        raise UnreadableImage(f"{_name(image)}: floating-point images are not supported")
-    if mode in ("P", "PA") and ("transparency" in image.info or mode == "PA"):
-        return image.convert("RGBA").convert("RGB")
-    return image.convert("RGB")
+        raise UnreadableImage(f"{name}: floating-point images are not supported")
+    if has_alpha(image):
+        rgba = image.convert("RGBA")
+        background = Image.new("RGBA", rgba.size, (255, 255, 255, 255))
+        return Image.alpha_composite(background, rgba).convert("RGB")
+    return image.convert("RGB") if mode != "RGB" else image.copy()
 
 
 class ArrayImages:

@@ -1,9 +1,9 @@
 """Image files -> RGB pictures -> normalised model inputs whose sides are multiples of the patch size.
 
-Colour-mode policy (never a silent change of meaning): RGB, palette, CMYK and YCbCr images are
-converted as usual; grayscale is replicated to three channels and an alpha channel is removed
-(transparent pixels composited over white), each with a warning naming the file; 16-bit and
-floating-point images are refused.
+Colours follow the package's one rule (:func:`dinossl.data.images.to_rgb`: EXIF orientation,
+grayscale replicated, 16-bit scaled, alpha composited over white, floating point refused); here
+each conversion that changes what the picture means (grayscale, 16-bit, transparency) is also
+named in a warning with the file.
 """
 
 from __future__ import annotations
@@ -17,54 +17,52 @@ import torch
 from PIL import Image, UnidentifiedImageError
 
 from dinossl.data.augment import IMAGENET_MEAN, IMAGENET_STD
+from dinossl.data.images import UnreadableImage, colour_note, to_rgb, upright
 from dinossl.errors import DataError
 
 log = logging.getLogger("dinossl")
 
 Size = tuple[int, int]  # (width, height), PIL's order
 
-_GRAY_MODES = ("1", "L", "LA", "La")
-_ALPHA_MODES = ("RGBA", "RGBa", "LA", "La", "PA")
-_PLAIN_MODES = ("RGB", "P", "CMYK", "YCbCr", "LAB", "HSV")
-
 
 def open_image(path: str | Path) -> Image.Image:
-    """The decoded image file (any mode); DataError when missing or undecodable."""
+    """The decoded image file (any colour mode), turned upright as its EXIF orientation says;
+    DataError when missing or undecodable."""
     path = Path(path)
     if not path.is_file():
         raise DataError(f"image {path} does not exist")
     try:
         with Image.open(path) as image:
             image.load()
-            if image.mode == "P":  # palette: resolve now, keeping any transparency as alpha
-                return image.convert("RGBA" if "transparency" in image.info else "RGB")
-            return image.copy()
+            return upright(image).copy()
     except (UnidentifiedImageError, OSError, ValueError, SyntaxError) as exc:
         raise DataError(f"{path}: not a readable image ({exc})") from exc
 
 
 def as_rgb(image: Image.Image, name: str = "image") -> Image.Image:
-    """RGB version of ``image`` following the module's colour-mode policy (warnings name ``name``)."""
-    mode = image.mode
-    if mode == "RGB":
+    """RGB version of ``image`` by the package's colour rule, with a warning naming ``name`` for
+    grayscale, 16-bit and transparent pictures; DataError for images the rule refuses."""
+    if image.mode == "RGB":
         return image
-    if mode not in _GRAY_MODES + _ALPHA_MODES + _PLAIN_MODES:
-        raise DataError(f"{name}: {mode} images (16-bit or floating point) are not supported; "
-                        "save it as 8-bit RGB or grayscale")
-    if mode in _GRAY_MODES:
+    note = colour_note(image)
+    try:
+        rgb = to_rgb(image)
+    except UnreadableImage as exc:
+        raise DataError(f"{name}: {image.mode} images are not supported ({exc}); save it as 8-bit RGB or "
+                        "grayscale") from exc
+    if note == "grayscale":
         log.warning("%s: grayscale image; its one channel is used for R, G and B", name)
-    if mode in _ALPHA_MODES:
-        rgba = image.convert("RGBA")
-        alpha = np.asarray(rgba)[..., 3]
+    elif note == "16-bit":
+        log.warning("%s: 16-bit grayscale image; scaled to 8 bits and used for R, G and B", name)
+    elif note == "alpha":
+        alpha = np.asarray(image.convert("RGBA"))[..., 3]
         transparent = float((alpha < 255).mean())
         if transparent > 0:
             log.warning("%s: %.1f%% of the pixels are (partly) transparent; composited over white",
                         name, 100 * transparent)
         else:
             log.warning("%s: alpha channel ignored (the image is fully opaque)", name)
-        background = Image.new("RGBA", rgba.size, (255, 255, 255, 255))
-        return Image.alpha_composite(background, rgba).convert("RGB")
-    return image.convert("RGB")
+    return rgb
 
 
 def read_rgb(path: str | Path) -> Image.Image:

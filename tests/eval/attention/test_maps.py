@@ -154,9 +154,11 @@ def test_grayscale_and_rgba_are_converted_with_a_warning(tmp_path, dinossl_log):
     assert tuple(rgb[0, 0]) == (200, 0, 0) and tuple(rgb[3, 3]) == (255, 255, 255)
 
 
-def test_16_bit_images_are_refused():
+def test_floating_point_images_are_refused_and_16_bit_scaled(dinossl_log):
     with pytest.raises(DataError, match="not supported"):
-        as_rgb(Image.fromarray(np.zeros((8, 8), np.int32), "I"), "deep.png")
+        as_rgb(Image.fromarray(np.zeros((8, 8), np.float32), "F"), "deep.tif")
+    sixteen = as_rgb(Image.fromarray(np.full((8, 8), 65535, np.int32), "I"), "deep.png")
+    assert np.all(np.asarray(sixteen) == 255) and "16-bit" in dinossl_log.text
 
 
 def test_to_input_normalises():

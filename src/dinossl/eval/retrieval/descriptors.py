@@ -18,9 +18,9 @@ image and its left-right mirror), the descriptors of all these views are average
 returned descriptors are not normalised; the protocols L2-normalise them per image (or
 whiten them first).
 
-Colour: grayscale and palette images are replicated/converted to RGB and counted; images
-with an alpha channel are composited over white (:func:`dinossl.eval.image_input.as_rgb`);
-16-bit and floating-point images are unreadable here.
+Colour: the package's one rule (:func:`dinossl.data.images.to_rgb`: EXIF orientation,
+grayscale replicated, 16-bit scaled, alpha composited over white); grayscale, 16-bit and
+transparent images are counted; floating-point images are unreadable.
 """
 
 from __future__ import annotations
@@ -39,13 +39,12 @@ from torch.utils.data import DataLoader, Dataset
 from tqdm import tqdm
 
 from dinossl.errors import DataError, DinoError
-from dinossl.eval.image_input import as_rgb, open_image, to_input
+from dinossl.data.images import UnreadableImage, colour_note, to_rgb
+from dinossl.eval.image_input import open_image, to_input
 
 RESIZE_MODES = ("longest", "square")
 POOLINGS = ("cls", "cls+gem")
 MULTISCALE = (1.0, 1 / math.sqrt(2), 0.5)
-_ALPHA_MODES = ("RGBA", "RGBa", "LA", "La", "PA")
-_SIMPLE_MODES = ("RGB", "L", "1", "P", "CMYK", "YCbCr")
 
 Box = tuple[float, float, float, float]
 
@@ -121,14 +120,14 @@ def fit_to_patches(pixels: torch.Tensor, patch: int) -> torch.Tensor:
 
 
 def _rgb(image: Image.Image, name: str) -> tuple[Image.Image, Optional[str]]:
-    """RGB picture and a note of the conversion ('grayscale', 'alpha' or None)."""
+    """RGB picture by the package's colour rule and a note of the conversion ('grayscale',
+    '16-bit', 'alpha' or None); DataError for a picture the rule refuses."""
     if image.mode == "RGB":
         return image, None
-    if image.mode in _ALPHA_MODES:
-        return as_rgb(image, name), "alpha"
-    if image.mode in _SIMPLE_MODES:
-        return image.convert("RGB"), "grayscale" if image.mode in ("L", "1") else None
-    return as_rgb(image, name), None  # 16-bit / float: refused with a DataError
+    try:
+        return to_rgb(image), colour_note(image)
+    except UnreadableImage as exc:
+        raise DataError(f"{name}: {exc}") from exc
 
 
 def _crop_box(image: Image.Image, box: Box, name: str) -> Image.Image:
