@@ -122,12 +122,12 @@ def test_eval_masks_refuses_a_misshaped_mask(tmp_path, weights, capsys):
 
 def test_eval_video_on_davis(tmp_path, weights, davis_dir, capsys):
     out = tmp_path / "out"
-    assert main(["eval", "video", weights, "--davis", str(davis_dir), "--sequences", "blackswan",
+    assert main(["eval", "video", weights, "--davis", str(davis_dir), "--sequences", "car-shadow",
                  "--output", str(out), "--short-side", "64", "--max-frames", "3", "--no-progress"]) == 0
-    assert sorted(p.name for p in (out / "blackswan").iterdir()) == ["00000.png", "00001.png", "00002.png"]
+    assert sorted(p.name for p in (out / "car-shadow").iterdir()) == ["00000.png", "00001.png", "00002.png"]
     report = json.loads((out / "results.json").read_text())
     assert set(report["overall"]) == {"J", "F", "J&F"} and report["settings"]["topk"] == 5
-    assert "blackswan" in capsys.readouterr().out
+    assert "car-shadow" in capsys.readouterr().out
     assert main(["eval", "video", weights, "--davis", str(davis_dir), "--sequences", "nope",
                  "--output", str(tmp_path / "out2")]) == 2
     assert "'nope'" in capsys.readouterr().err

@@ -1,5 +1,5 @@
 """Fixtures for the retrieval, copy-detection and dedupe tests: a small random-init ViT, and
-benchmarks built from the real photos of ../shared/data (see tests/conftest.py)."""
+benchmarks built from the real horse photos of tests/fixtures/ (see tests/conftest.py)."""
 
 from __future__ import annotations
 
