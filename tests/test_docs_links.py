@@ -1,12 +1,17 @@
 """Every relative link in README.md and docs/ points at a file or folder of the repository, and
-every #anchor at a heading of its target page (GitHub's heading ids)."""
+every #anchor at a heading of its target page (GitHub's heading ids); every test, module path
+(``dinossl.…``) and ``dino … --flag`` the pages name exists."""
 
 from __future__ import annotations
 
+import argparse
+import importlib
 import re
 from pathlib import Path
 
 import pytest
+
+from dinossl.cli import build_parser
 
 REPO = Path(__file__).resolve().parents[1]
 PAGES = sorted([REPO / "README.md", *(REPO / "docs").rglob("*.md")])
@@ -105,3 +110,151 @@ def test_named_tests_exist(page):
         elif name and not re.search(rf"^def {name}\b", target.read_text(), re.MULTILINE):
             missing.append(f"{path}::{name}")
     assert not missing, f"{page.name} names tests that do not exist: {missing}"
+
+
+# --------------------------------------------------------------------------------------------
+# Module paths and command-line flags the pages name
+# --------------------------------------------------------------------------------------------
+
+MODULE_PATH = re.compile(r"\bdinossl(?:\.[A-Za-z_]\w*)+")
+FROM_IMPORT = re.compile(r"^[ \t]*from[ \t]+(dinossl(?:\.\w+)*)[ \t]+import[ \t]+(?:\(([\w\s,]+)\)|([\w \t,]+))",
+                         re.MULTILINE)
+COMMAND = re.compile(r"(?:^|[\s(`;&|])(?:dino|-m dinossl)\s+([^`|;&#>]*)")
+
+
+def resolve(dotted: str) -> bool:
+    """Whether ``dotted`` names an importable module of the package or an attribute of one."""
+    parts = dotted.split(".")
+    for cut in range(len(parts), 0, -1):
+        name = ".".join(parts[:cut])
+        try:
+            target = importlib.import_module(name)
+        except ModuleNotFoundError as exc:
+            if exc.name is not None and not name.startswith(exc.name) and exc.name != name:
+                raise  # the module exists but needs something missing: not a wrong path
+            continue
+        for attribute in parts[cut:]:
+            if not hasattr(target, attribute):
+                return False
+            target = getattr(target, attribute)
+        return True
+    return False
+
+
+def named_module_paths(text: str) -> set[str]:
+    """``dinossl.a.b`` anywhere on a page, and each name of ``from dinossl.a import x, y``."""
+    names = set(MODULE_PATH.findall(text))
+    for module, in_parentheses, on_the_line in FROM_IMPORT.findall(text):
+        imported = in_parentheses or on_the_line
+        names |= {f"{module}.{name.strip()}" for name in imported.split(",") if name.strip()}
+    return names
+
+
+@pytest.mark.parametrize("page", PAGES, ids=lambda p: str(p.relative_to(REPO)))
+def test_named_module_paths_exist(page):
+    """Every module, class or function a page names by its dotted path can be imported."""
+    missing = sorted(name for name in named_module_paths(page.read_text(encoding="utf-8")) if not resolve(name))
+    assert not missing, f"{page.relative_to(REPO)} names module paths that do not exist: {missing}"
+
+
+def test_module_path_checker_fails_on_a_wrong_path():
+    assert resolve("dinossl.eval.classification.knn.paired_bootstrap_interval")
+    assert not resolve("dinossl.eval.protocols")
+    assert not resolve("dinossl.hub.no_such_model")
+    assert named_module_paths("from dinossl.weights import load_backbone, load_network\n") == {
+        "dinossl.weights", "dinossl.weights.load_backbone", "dinossl.weights.load_network"}
+
+
+def subcommands(parser: argparse.ArgumentParser) -> dict[str, argparse.ArgumentParser]:
+    for action in parser._actions:
+        if isinstance(action, argparse._SubParsersAction):
+            return dict(action.choices)
+    return {}
+
+
+def option_strings(parser: argparse.ArgumentParser) -> set[str]:
+    return {flag for action in parser._actions for flag in action.option_strings}
+
+
+def command_lines(text: str) -> list[list[str]]:
+    """The words after ``dino`` (or ``-m dinossl``) in code blocks (continuation lines joined)
+    and in inline code spans, up to a pipe, ``;``, ``&&``, a redirection or a comment."""
+    found, in_code, pending = [], False, ""
+    for line in text.splitlines():
+        if FENCE.match(line):
+            in_code, pending = not in_code, ""
+            continue
+        if in_code:
+            if line.rstrip().endswith("\\"):
+                pending += line.rstrip()[:-1] + " "
+                continue
+            chunks, pending = [pending + line], ""
+        else:
+            chunks = re.findall(r"`([^`]+)`", line)
+        for chunk in chunks:
+            found += [match.group(1).split() for match in COMMAND.finditer(chunk)]
+    return found
+
+
+def check_command(root: argparse.ArgumentParser, words: list[str]) -> list[str]:
+    """What is wrong with one named command line: an unknown (sub)command or flag."""
+    parser, path, rest = root, ["dino"], list(words)
+    while rest and subcommands(parser):
+        if rest[0] not in subcommands(parser):
+            # "dino train: error: ..." quoted output, "dino COMMAND" placeholders
+            return [f"{' '.join(path)} {rest[0]}: no such command"] if re.fullmatch(r"[a-z]+", rest[0]) else []
+        parser = subcommands(parser)[rest[0]]
+        path.append(rest.pop(0))
+    known = option_strings(parser)
+    return [f"{' '.join(path)} {word.split('=')[0]}: no such option" for word in rest
+            if word.startswith("-") and word.split("=")[0] not in known]
+
+
+@pytest.mark.parametrize("page", PAGES, ids=lambda p: str(p.relative_to(REPO)))
+def test_named_commands_and_flags_exist(page):
+    """Every ``dino ... --flag`` a page shows is accepted by that command's parser."""
+    root = build_parser()
+    wrong = [problem for words in command_lines(page.read_text(encoding="utf-8"))
+             for problem in check_command(root, words)]
+    assert not wrong, f"{page.relative_to(REPO)}: {wrong}"
+
+
+def test_command_checker_fails_on_a_wrong_flag():
+    root = build_parser()
+    lines = command_lines("Run `dino eval knn W --data d --no-such-flag` or\n```bash\n"
+                          "torchrun --nproc_per_node=2 -m dinossl train \\\n  --output r --bogus\n```\n")
+    assert [check_command(root, words) for words in lines] == [
+        ["dino eval knn --no-such-flag: no such option"], ["dino train --bogus: no such option"]]
+    assert check_command(root, ["evaluate", "x"]) == ["dino evaluate: no such command"]
+    assert check_command(root, ["train:", "error:", "--x"]) == []
+
+
+def leaf_commands(parser: argparse.ArgumentParser, path: str = "dino") -> dict[str, argparse.ArgumentParser]:
+    children = subcommands(parser)
+    if not children:
+        return {path: parser}
+    return {name: leaf for child, sub in children.items() for name, leaf in leaf_commands(sub, f"{path} {child}").items()}
+
+
+# The README's "Commands at a glance" says which commands lack which of the common options.
+COMMON_OPTIONS = ("--output", "--overwrite", "--no-progress", "--config", "--device")
+WITHOUT = {
+    "--overwrite": {"dino train", "dino study"},
+    "--no-progress": {"dino export", "dino plot"},
+    "--config": {"dino export", "dino plot"},
+    "--device": {"dino export", "dino plot"},
+}
+
+
+def test_the_common_options_are_where_the_readme_says():
+    """Each command takes --output, --overwrite, --no-progress, --config and --device except
+    the ones the README names, and the README names each exception."""
+    commands = leaf_commands(build_parser())
+    lacking = {flag: {name for name, parser in commands.items() if flag not in option_strings(parser)}
+               for flag in COMMON_OPTIONS}
+    assert lacking == {flag: WITHOUT.get(flag, set()) for flag in COMMON_OPTIONS}
+    readme = " ".join(prose_lines((REPO / "README.md").read_text(encoding="utf-8")))
+    clauses = re.split(r"[;.] ", " ".join(readme.split()))
+    for flag, names in WITHOUT.items():
+        assert any(f"`{flag}`" in clause and all(f"`{name}`" in clause for name in names) for clause in clauses), (
+            f"README.md does not say in one clause that {', '.join(sorted(names))} take no {flag}")

@@ -53,11 +53,11 @@ class DataConfig:
     # image, PIL/torchvision in the loader workers) or "device" (batched on the training device;
     # the loader only crops, flips and draws the parameters). See docs/training.md.
     photometric: str = "loader"
-    # How crops are cut: "per_image" (PIL, in the loader workers) or "batched" (one batched
-    # resize per view in the training process; needs photometric=device and images of one size,
-    # held in memory). See docs/training.md.
-    # "device": JPEG files read as bytes by the loader workers, decoded and cropped on the
-    # training device (nvJPEG on a GPU; images of any sizes; needs photometric=device).
+    # How crops are cut: "per_image" (PIL, in the loader workers), "batched" (one batched resize
+    # per view in the training process; needs photometric=device and images of one size, held in
+    # memory) or "device" (JPEG files read as bytes by the loader workers, decoded and cropped on
+    # the training device: nvJPEG on a GPU, images of any sizes; needs photometric=device).
+    # See docs/training.md.
     geometric: str = "per_image"
 
 
@@ -123,7 +123,9 @@ class TrainConfig:
 
     epochs: int = 100
     batch_size_per_process: int = 64
-    precision: str = "auto"  # auto: bf16 (or fp16) on GPU, fp32 on CPU
+    # auto: bf16 on GPUs (fp16 with a scaler before compute capability 8.0) and on CPUs with
+    # native bf16 (AVX512-BF16, AMX); fp32 on other CPUs and on Apple-silicon GPUs
+    precision: str = "auto"
     device: str = "auto"
     seed: int = 0
     log_every: int = 10  # steps between JSON log lines

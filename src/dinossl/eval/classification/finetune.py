@@ -67,7 +67,7 @@ class FinetuneSettings:
     eval_every: int = 1
     seed: int = 0
     # numeric precision (the rule of dino train)
-    precision: str = "auto"  # auto: bf16 on GPUs with native bf16 (sm80+), fp16 + scaler on older GPUs, fp32 on CPU
+    precision: str = "auto"  # auto: as train.precision (bf16 where the GPU or CPU has it natively)
     # timm's DeiT pieces
     auto_augment: str = "rand-m9-mstd0.5-inc1"  # timm RandAugment policy
     mixup_switch_prob: float = 0.5  # chance of CutMix rather than Mixup when both are on
