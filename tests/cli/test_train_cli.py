@@ -79,3 +79,26 @@ def test_a_config_file_without_a_preset_builds_on_the_default_preset(tmp_path, c
     assert main(["train", "--config", str(config), "--print-config"]) == 0
     printed = yaml.safe_load(capsys.readouterr().out)
     assert printed["model"]["arch"] == "vit_tiny" and printed["optim"]["base_lr"] == 0.002
+
+
+@pytest.mark.parametrize("preempted_by, status", [(0, 0), (15, 143)])
+def test_under_torchrun_only_rank_0_prints(tmp_path, capsys, monkeypatch, preempted_by, status):
+    """Every rank of a torchrun job runs the command: the lines after training (run folder,
+    k-NN, preemption) come from rank 0 alone, and every rank exits with the same status."""
+    from pathlib import Path
+
+    import dinossl.cli.train
+    from dinossl.train import TrainResult
+
+    def fake_train(config, output, **kwargs):
+        return TrainResult(Path(output), config.train.epochs, {}, [], [], preempted_by=preempted_by, steps_done=3)
+
+    monkeypatch.setattr(dinossl.cli.train, "train", fake_train)
+    printed = {}
+    for rank in ("0", "1"):
+        monkeypatch.setenv("RANK", rank)
+        assert main(["train", "--output", str(tmp_path / "out")]) == status
+        printed[rank] = capsys.readouterr().out
+    assert ("run folder:" in printed["0"]) == (not preempted_by)
+    assert ("stopped on SIGTERM" in printed["0"]) == bool(preempted_by)
+    assert printed["1"] == ""

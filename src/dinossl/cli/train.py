@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import argparse
 import logging
+import os
 
 import yaml
 
@@ -87,6 +88,8 @@ def run(args: argparse.Namespace) -> int:
         raise ConfigError(f"--stop-after-epochs: must be >= 1, got {stop_after}")
     result = train(config, output, init_from=getattr(args, "init_from", None), stop_after_epochs=stop_after,
                    monitors=monitors_for(config, output))
+    if int(os.environ.get("RANK", "0")) != 0:  # under torchrun only rank 0 speaks; each rank exits alike
+        return requeue_exit_status(result.preempted_by) if result.preempted_by else 0
     t = config.train
     if (t.knn_at_end or t.knn_every) and config.data.path is not None and t.val_data is None:
         print(f"train.knn_at_end / knn_every use the built-in sample's labels: set train.val_data=FOLDER (train/ and "
