@@ -29,11 +29,11 @@ from machine import describe  # noqa: E402
 
 def run(preset: str, overrides: list[str], precision: str, folder: Path) -> dict[str, Any]:
     from dinossl.config import load_config
-    from dinossl.eval.classification.knn_monitor import SampleKnnDuringTraining
+    from dinossl.eval.classification.knn_monitor import KnnDuringTraining
     from dinossl.train import train
 
     config = load_config(preset, overrides=[*overrides, f"train.precision={precision}", "train.progress_bar=false"])
-    monitors = [SampleKnnDuringTraining(config, at_end=True)] if config.train.knn_at_end and config.data.path is None else []
+    monitors = [KnnDuringTraining(config, at_end=True)] if config.train.knn_at_end and config.data.path is None else []
     started = time.perf_counter()
     result = train(config, folder, monitors=monitors)
     seconds = time.perf_counter() - started

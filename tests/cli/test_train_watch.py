@@ -14,7 +14,7 @@ from PIL import Image
 
 from dinossl.cli import main
 from dinossl.data import open_images
-from dinossl.eval.classification.folder_knn_monitor import FolderKnnDuringTraining
+from dinossl.eval.classification.knn_monitor import folder_knn_scorer
 from dinossl.safe_files import read_weights_file
 from dinossl.train.run_plot import curves, read_records
 from dinossl.weights import load_backbone
@@ -61,7 +61,7 @@ def test_a_run_keeps_checkpoints_reports_knn_and_attention_and_plots(tmp_path, t
     records = read_records(run)
     knn = [r for r in records if r["kind"] == "knn"]
     assert [r["epoch"] for r in knn] == [1, 2] and all(r["source"] == "val_data" for r in knn)
-    monitor = FolderKnnDuringTraining(str(cifar10_small), 32)
+    monitor = folder_knn_scorer(str(cifar10_small), 32)
     for record in knn:
         checkpoint = run / f"checkpoint{record['epoch']:04d}.pth"
         assert monitor.top1(load_backbone(checkpoint)) == pytest.approx(record["teacher_knn_top1"])

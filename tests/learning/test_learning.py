@@ -30,7 +30,7 @@ import torch.nn.functional as F
 from dinossl.config import load_config
 from dinossl.data.augment import MultiCropAugmentation
 from dinossl.data.sample import load_sample
-from dinossl.eval.classification.knn_monitor import SampleKnnDuringTraining
+from dinossl.eval.classification.knn_monitor import KnnDuringTraining
 from dinossl.models import build_network
 from dinossl.train import train
 
@@ -78,7 +78,7 @@ def test_short_pretraining_lifts_knn_and_view_retrieval_over_random_init(tmp_pat
     first, second = _view_pairs(config)
     torch.manual_seed(config.train.seed)
     random_init = build_network(config.model, student=True).backbone
-    result = train(config, tmp_path / "run", monitors=[SampleKnnDuringTraining(config, at_end=True)])
+    result = train(config, tmp_path / "run", monitors=[KnnDuringTraining(config, at_end=True)])
     teacher = build_network(config.model, student=False).backbone
     teacher.load_state_dict(torch.load(result.exported[0], weights_only=True))
 

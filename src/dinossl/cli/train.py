@@ -9,12 +9,11 @@ import os
 import yaml
 
 from dinossl.cli.common import DEVICE_HELP, HelpFormatter
-from dinossl.config import DEFAULT_PRESET, Config, file_preset, load_config, preset_names
+from dinossl.config import DEFAULT_PRESET, file_preset, load_config, preset_names
 from dinossl.errors import ConfigError
-from dinossl.eval.attention.training_snapshots import AttentionDuringTraining
-from dinossl.eval.classification.folder_knn_monitor import FOLDER_KNN_METRIC, FolderKnnDuringTraining
-from dinossl.eval.classification.knn_monitor import KNN_METRIC, SampleKnnDuringTraining, sample_knn_monitor
-from dinossl.train import RunMonitor, train
+from dinossl.eval.classification.knn_monitor import FOLDER_KNN_METRIC, KNN_METRIC, KnnDuringTraining
+from dinossl.eval.training_monitors import training_monitors
+from dinossl.train import train
 from dinossl.train.preemption import requeue_exit_status, signal_name
 
 log = logging.getLogger("dinossl")
@@ -53,22 +52,6 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     parser.set_defaults(func=run)
 
 
-def monitors_for(config: Config, output: str) -> list[RunMonitor]:
-    """The monitors the config asks for: k-NN on ``train.val_data`` (teacher and student) or, without
-    it, on the built-in sample (teacher, and the student with ``train.knn_student``; when
-    training on it), and attention-map snapshots."""
-    t = config.train
-    monitors: list[RunMonitor] = []
-    if t.val_data is not None:
-        monitors.append(FolderKnnDuringTraining(t.val_data, config.data.crops.global_size, t.knn_every, t.knn_at_end))
-    elif (sample := sample_knn_monitor(config)) is not None:
-        monitors.append(sample)
-    if t.attention_every:
-        monitors.append(AttentionDuringTraining(output, config.data.crops.global_size, t.attention_every,
-                                                t.attention_images))
-    return monitors
-
-
 def run(args: argparse.Namespace) -> int:
     updates: dict = {}
     if hasattr(args, "data"):
@@ -87,7 +70,7 @@ def run(args: argparse.Namespace) -> int:
     if stop_after is not None and stop_after < 1:
         raise ConfigError(f"--stop-after-epochs: must be >= 1, got {stop_after}")
     result = train(config, output, init_from=getattr(args, "init_from", None), stop_after_epochs=stop_after,
-                   monitors=monitors_for(config, output))
+                   monitors=training_monitors(config, output))
     if int(os.environ.get("RANK", "0")) != 0:  # under torchrun only rank 0 speaks; each rank exits alike
         return requeue_exit_status(result.preempted_by) if result.preempted_by else 0
     t = config.train
@@ -99,11 +82,8 @@ def run(args: argparse.Namespace) -> int:
               f"{result.output_dir} holds it; run the same command to resume")
         return requeue_exit_status(result.preempted_by)
     for record in result.reports:
-        if record.get("metric") == KNN_METRIC:
-            print(SampleKnnDuringTraining.summary(record))
-        elif record.get("metric") == FOLDER_KNN_METRIC:
-            print(f"k-NN top-1 (k=20, T=0.07) on {t.val_data}: teacher {record['teacher_knn_top1']:.2f}%, "
-                  f"student {record['student_knn_top1']:.2f}%")
+        if record.get("metric") in (KNN_METRIC, FOLDER_KNN_METRIC):
+            print(KnnDuringTraining.summary(record))
     if result.epochs_done < config.train.epochs:
         print(f"stopped after epoch {result.epochs_done} of {config.train.epochs}; run the same command to resume")
     print(f"run folder: {result.output_dir}")

@@ -27,7 +27,7 @@ import yaml
 
 from dinossl.config import Config
 from dinossl.errors import DinoError
-from dinossl.eval.classification.knn_monitor import sample_knn_monitor
+from dinossl.eval.training_monitors import training_monitors
 from dinossl.outputs import check_writable
 from dinossl.runtime.device import resolve_device
 from dinossl.runtime.distributed import barrier, init_distributed, launched_by_torchrun, shutdown_distributed
@@ -135,12 +135,12 @@ def _described(variant: Variant) -> str:
     return f"{variant.name} ({variant.label})" if variant.overrides else variant.name
 
 
-def _monitors(config: Config, local_rank: int) -> list[RunMonitor]:
-    """Peak memory read before the k-NN check and reset after it, so it counts training only."""
+def _monitors(config: Config, local_rank: int, run_folder: Path) -> list[RunMonitor]:
+    """The config's monitors (:func:`~dinossl.eval.training_monitors.training_monitors`) between
+    a peak-memory read and its reset, so the peak counts training only."""
     memory = PeakMemory(resolve_device(config.train.device, local_rank))
     read, reset = memory.monitors()
-    knn = sample_knn_monitor(config)
-    return [read, *([knn] if knn is not None else []), reset]
+    return [read, *training_monitors(config, run_folder), reset]
 
 
 def machine_description(device: torch.device, processes: int) -> str:
@@ -188,7 +188,7 @@ def run_study(study: Study, configs: Sequence[tuple[Variant, Config]], folder: s
                 skipped.append(variant.name)
                 continue
             log.info("study %s: variant %d/%d %s", study.name, index, len(configs), _described(variant))
-            result = train(config, run_folder, monitors=_monitors(config, ctx.local_rank) if ctx.is_main else ())
+            result = train(config, run_folder, monitors=_monitors(config, ctx.local_rank, run_folder) if ctx.is_main else ())
             if result.preempted_by:  # the variant is checkpointed, not finished
                 return StudyOutcome(folder, trained, skipped, [], preempted_by=result.preempted_by)
             if ctx.is_main:
@@ -225,7 +225,7 @@ def _run_parallel(study: Study, configs: Sequence[tuple[Variant, Config]], folde
             continue
         log.warning("study %s: process %d trains variant %d/%d %s", study.name, rank, index + 1, len(configs),
                     _described(variant))
-        result = train(config, run_folder, monitors=_monitors(config, local_rank), alone=True)
+        result = train(config, run_folder, monitors=_monitors(config, local_rank, run_folder), alone=True)
         if result.preempted_by:
             return StudyOutcome(folder, trained, skipped, [], preempted_by=result.preempted_by)
         _mark_finished(run_folder, variant)

@@ -5,7 +5,7 @@ import torch
 from dinossl.eval.classification.knn_monitor import (
     KNN_METRIC,
     STUDENT_KNN_METRIC,
-    SampleKnnDuringTraining,
+    KnnDuringTraining,
     SampleKnnMonitor,
     knn_against_random_init,
 )
@@ -31,7 +31,7 @@ def test_knn_against_random_init_reports_a_bootstrap_interval(tmp_path, tiny_ima
 
 def test_the_trainer_logs_what_the_monitor_reports(tmp_path, tiny_image_folder):
     config = tiny_config(tiny_image_folder)
-    monitor = SampleKnnDuringTraining(config, every=1, at_end=True)
+    monitor = KnnDuringTraining(config, every=1, at_end=True)
     monitor._scorer = _cheap(SampleKnnMonitor(32, torch.device("cpu")), 200)
     result = train(config, tmp_path / "run", monitors=[monitor])
     records = [json.loads(line) for line in (tmp_path / "run" / "log.jsonl").read_text().splitlines()]
@@ -39,12 +39,12 @@ def test_the_trainer_logs_what_the_monitor_reports(tmp_path, tiny_image_folder):
     assert [r["epoch"] for r in per_epoch] == list(range(1, config.train.epochs + 1))
     final = [r for r in records if r["kind"] == "result"]
     assert len(final) == 1 and final[0]["metric"] == KNN_METRIC and result.reports == final
-    assert "trained teacher" in SampleKnnDuringTraining.summary(final[0])
+    assert "trained teacher" in KnnDuringTraining.summary(final[0])
 
 
 def test_the_student_is_scored_beside_the_teacher(tmp_path, tiny_image_folder):
     config = tiny_config(tiny_image_folder, "train.knn_student=true")
-    monitor = SampleKnnDuringTraining(config, every=1, at_end=True, student=config.train.knn_student)
+    monitor = KnnDuringTraining(config, every=1, at_end=True, student=config.train.knn_student)
     scorer = monitor._scorer = _cheap(SampleKnnMonitor(32, torch.device("cpu")), 200)
     scorer.bank_source.pixels = scorer.bank_source.pixels[:1000]
     scorer.bank_source.labels = scorer.bank_source.labels[:1000]
@@ -58,5 +58,5 @@ def test_the_student_is_scored_beside_the_teacher(tmp_path, tiny_image_folder):
     resumed = build_run(config, tmp_path / "run")
     assert final["trained"] == scorer.top1(resumed.distiller.teacher.backbone) == per_epoch[0][KNN_METRIC]
     assert final["student"] == scorer.top1(resumed.distiller.student.backbone) == per_epoch[0][STUDENT_KNN_METRIC]
-    assert len(final["student_gain_ci95"]) == 2 and "student" in SampleKnnDuringTraining.summary(final)
+    assert len(final["student_gain_ci95"]) == 2 and "student" in KnnDuringTraining.summary(final)
     assert resumed.distiller.student.training  # scoring put it back in training mode

@@ -1,21 +1,31 @@
-"""k-NN accuracy of the teacher (and, when asked, the student) on the built-in sample, during and
-after training.
+"""The in-training k-NN check (one monitor, two data sources), and the scorer behind it.
 
-Bank: the sample's 10,000 training images; queries: its 2,000 held-out images; cosine k-NN
-with k = 20 and T = 0.07 on the backbone's L2-normalised output (the paper's protocol).
-:class:`SampleKnnDuringTraining` is the monitor ``dino train`` hands to the trainer.
+* the built-in sample (``train.knn_every`` / ``train.knn_at_end`` when training on it): bank
+  its 10,000 training images, queries its 2,000 held-out images, at the training's global
+  crop size; the teacher (and with ``train.knn_student`` the student) every ``knn_every``
+  epochs, and after training the teacher against its random initialisation and raw pixels;
+* the user's labelled folder (``train.val_data``): bank its ``train/`` images, queries its
+  ``val/`` (or ``test/``) images, center crops (bicubic resize to size * 256 / 224, crop
+  ``size``); teacher and student every ``knn_every`` epochs and, with ``knn_at_end``, after
+  training (the paper's Fig. 6 left for one's own run).
+
+Both: weighted cosine k-NN, k = 20, T = 0.07, on the backbone's L2-normalised output (the
+paper's protocol). :func:`knn_monitor` chooses the one a config asks for.
 """
 
 from __future__ import annotations
 
-from typing import Any, Optional
+from pathlib import Path
+from typing import Any, Callable, Optional
 
 import torch
 from torch import nn
 
 from dinossl.config import Config
 from dinossl.data import evaluation_transform, open_images
+from dinossl.data.images import ImageSource
 from dinossl.eval.classification.knn import knn_predictions, paired_bootstrap_interval
+from dinossl.eval.classification.labelled_splits import open_splits
 from dinossl.eval.features import extract_features
 from dinossl.models import build_network
 from dinossl.train.distiller import Distiller
@@ -23,30 +33,52 @@ from dinossl.train.trainer import MonitorReport
 
 KNN_METRIC = "knn_top1_k20"
 STUDENT_KNN_METRIC = "student_knn_top1_k20"
+FOLDER_KNN_METRIC = "val_data_knn_top1_k20"
 
 
-class SampleKnnMonitor:
-    """Scores backbones on the sample; images are ``image_size`` px (the training global size)."""
+class KnnScorer:
+    """Weighted k-NN top-1 of a backbone's features: ``bank`` images vote for each ``queries``
+    image's class. ``device``: where features are computed (None: the backbone's)."""
 
-    def __init__(self, image_size: int, device: torch.device, k: int = 20, temperature: float = 0.07) -> None:
-        self.bank_source, self.query_source = open_images(None, "train"), open_images(None, "heldout")
-        self.transform = evaluation_transform(resize=image_size, crop=image_size)
-        self.device, self.k, self.temperature = device, k, temperature
+    def __init__(self, bank: ImageSource, queries: ImageSource, transform: Callable,
+                 device: Optional[torch.device] = None, k: int = 20, temperature: float = 0.07,
+                 batch_size: int = 256, num_classes: Optional[int] = None) -> None:
+        self.bank_source, self.query_source, self.transform = bank, queries, transform
+        self.device, self.k, self.temperature, self.batch_size = device, k, temperature, batch_size
+        self.num_classes = num_classes
 
     @torch.no_grad()
     def correct(self, backbone: nn.Module) -> torch.Tensor:
         """(queries,) bool: whether the weighted k-NN vote of ``backbone``'s features gets each
-        held-out image's class right."""
-        bank, bank_labels = extract_features(backbone, self.bank_source, self.transform, device=self.device)
-        queries, query_labels = extract_features(backbone, self.query_source, self.transform, device=self.device)
-        num_classes = int(max(bank_labels.max().item(), query_labels.max().item())) + 1
+        query image's class right."""
+        device = self.device if self.device is not None else next(backbone.parameters()).device
+        bank, bank_labels = extract_features(backbone, self.bank_source, self.transform, self.batch_size, device)
+        queries, query_labels = extract_features(backbone, self.query_source, self.transform, self.batch_size, device)
+        num_classes = self.num_classes or int(max(bank_labels.max().item(), query_labels.max().item())) + 1
         predicted = knn_predictions(bank, bank_labels, queries, self.k, num_classes, self.temperature)
         return predicted.cpu() == query_labels.cpu().long()
 
     def top1(self, backbone: nn.Module) -> float:
-        """Weighted k-NN top-1 (percent) of ``backbone`` on the held-out images."""
+        """Weighted k-NN top-1 (percent) of ``backbone`` on the query images."""
         correct = self.correct(backbone)
         return 100.0 * int(correct.sum()) / len(correct)
+
+
+class SampleKnnMonitor(KnnScorer):
+    """The scorer on the built-in sample; images are ``image_size`` px (the training global size)."""
+
+    def __init__(self, image_size: int, device: torch.device, k: int = 20, temperature: float = 0.07) -> None:
+        super().__init__(open_images(None, "train"), open_images(None, "heldout"),
+                         evaluation_transform(resize=image_size, crop=image_size), device, k, temperature)
+
+
+def folder_knn_scorer(folder: str | Path, image_size: int, batch_size: int = 128) -> KnnScorer:
+    """The scorer on a labelled folder (train/ and val/ or test/, checked here): center crops
+    of ``image_size`` after a bicubic resize to ``image_size`` * 256 / 224."""
+    splits = open_splits(folder)
+    return KnnScorer(splits.train, splits.val, evaluation_transform(resize=round(image_size * 256 / 224),
+                                                                     crop=image_size),
+                     batch_size=batch_size, num_classes=len(splits.classes))
 
 
 def _percent(correct: torch.Tensor) -> float:
@@ -72,25 +104,45 @@ def knn_against_random_init(config: Config, teacher_backbone: nn.Module, monitor
     return {**results, "bank_images": len(monitor.bank_source), "query_images": len(monitor.query_source)}
 
 
-class SampleKnnDuringTraining:
-    """The trainer's monitor: teacher k-NN on the held-out sample every ``every`` epochs (0: never)
-    and, with ``at_end``, the trained teacher against its random initialisation; with
-    ``student``, the student is scored beside the teacher each time (paper, Fig. 6 left)."""
+class KnnDuringTraining:
+    """The trainer's k-NN monitor, on the built-in sample (``folder`` None) or on a labelled
+    folder (``train.val_data``): every ``every`` epochs (0: never) and, with ``at_end``, after
+    training. On the sample the student is scored with ``student``; after training the teacher
+    is compared with its random initialisation (needs ``config``). On a folder, teacher and
+    student are scored each time."""
 
-    def __init__(self, config: Config, every: int = 0, at_end: bool = False, student: bool = False) -> None:
-        self.config, self.every, self.at_end, self.student = config, every, at_end, student
-        self._scorer: Optional[SampleKnnMonitor] = None
+    def __init__(self, config: Config, every: int = 0, at_end: bool = False, student: bool = False,
+                 folder: Optional[str] = None) -> None:
+        self.config, self.every, self.at_end, self.folder = config, every, at_end, folder
+        self.student = student or folder is not None
+        self._scorer: Optional[KnnScorer] = None
+        if folder is not None:  # checked when the run starts
+            self._scorer = folder_knn_scorer(folder, config.data.crops.global_size)
 
-    def _sample(self, distiller: Distiller) -> SampleKnnMonitor:
-        """The sample scorer on the teacher's device, made (and the sample decoded) on first use."""
+    def _sample(self, distiller: Distiller) -> KnnScorer:
+        """The scorer; on the sample, made on the teacher's device (and the sample decoded) on first use."""
         if self._scorer is None:
             device = next(distiller.teacher.parameters()).device
             self._scorer = SampleKnnMonitor(self.config.data.crops.global_size, device)
         return self._scorer
 
+    def _folder_report(self, epoch: Optional[int], distiller: Distiller) -> MonitorReport:
+        scorer = self._sample(distiller)
+        teacher, student = scorer.top1(distiller.teacher.backbone), scorer.top1(distiller.student.backbone)
+        record: dict[str, Any] = {"kind": "knn", "source": "val_data", "teacher_knn_top1": teacher,
+                                  "student_knn_top1": student, "k": scorer.k,
+                                  "bank_images": len(scorer.bank_source), "query_images": len(scorer.query_source)}
+        if epoch is not None:
+            record["epoch"] = epoch
+        when = f"epoch {epoch}" if epoch is not None else "after training"
+        return MonitorReport(record, f"{when}: k-NN top-1 on {scorer.query_source.root}: teacher {teacher:.1f}%, "
+                                     f"student {student:.1f}%")
+
     def after_epoch(self, epoch: int, distiller: Distiller) -> Optional[MonitorReport]:
         if not self.every or epoch % self.every:
             return None
+        if self.folder is not None:
+            return self._folder_report(epoch, distiller)
         scorer = self._sample(distiller)
         top1 = scorer.top1(distiller.teacher.backbone)
         record: dict[str, Any] = {"kind": "knn", "epoch": epoch, KNN_METRIC: top1}
@@ -103,30 +155,45 @@ class SampleKnnDuringTraining:
     def after_training(self, distiller: Distiller) -> Optional[MonitorReport]:
         if not self.at_end:
             return None
+        if self.folder is not None:
+            report = self._folder_report(None, distiller)
+            return MonitorReport({**report.record, "kind": "result", "metric": FOLDER_KNN_METRIC,
+                                  "folder": self.folder}, report.message)
         results = knn_against_random_init(self.config, distiller.teacher.backbone, self._sample(distiller),
                                           distiller.student.backbone if self.student else None)
         return MonitorReport({"kind": "result", "metric": KNN_METRIC, **results})
 
     @staticmethod
     def summary(record: dict[str, Any]) -> str:
-        """The line ``dino train`` prints for the after-training record."""
-        low, high = record["gain_ci95"]
-        gain = record["trained"] - record["random_init"]
-        line = (f"k-NN top-1 (k=20, T=0.07) on the held-out sample: trained teacher {record['trained']:.2f}% "
-                f"vs. random init {record['random_init']:.2f}% (gain {gain:+.2f} points, "
-                f"95% bootstrap interval {low:+.2f} to {high:+.2f})")
-        if "student" in record:
-            s_low, s_high = record["student_gain_ci95"]
-            line += (f"; student {record['student']:.2f}% (gain {record['student'] - record['random_init']:+.2f}, "
-                     f"{s_low:+.2f} to {s_high:+.2f})")
-        return line
+        """The line ``dino train`` prints for an after-training record of either source."""
+        if record.get("metric") == FOLDER_KNN_METRIC:
+            return (f"k-NN top-1 (k=20, T=0.07) on {record['folder']}: teacher {record['teacher_knn_top1']:.2f}%, "
+                    f"student {record['student_knn_top1']:.2f}%")
+        return sample_summary(record)
 
 
-def sample_knn_monitor(config: Config) -> Optional[SampleKnnDuringTraining]:
-    """The k-NN monitor ``train.knn_every`` / ``train.knn_at_end`` / ``train.knn_student`` ask for;
-    None when they ask for nothing or the run trains on its own images (the check needs the
-    built-in sample's labels)."""
+def sample_summary(record: dict[str, Any]) -> str:
+    """The line ``dino train`` prints for the sample check's after-training record."""
+    low, high = record["gain_ci95"]
+    gain = record["trained"] - record["random_init"]
+    line = (f"k-NN top-1 (k=20, T=0.07) on the held-out sample: trained teacher {record['trained']:.2f}% "
+            f"vs. random init {record['random_init']:.2f}% (gain {gain:+.2f} points, "
+            f"95% bootstrap interval {low:+.2f} to {high:+.2f})")
+    if "student" in record:
+        s_low, s_high = record["student_gain_ci95"]
+        line += (f"; student {record['student']:.2f}% (gain {record['student'] - record['random_init']:+.2f}, "
+                 f"{s_low:+.2f} to {s_high:+.2f})")
+    return line
+
+
+def knn_monitor(config: Config) -> Optional[KnnDuringTraining]:
+    """The k-NN monitor the config asks for: on ``train.val_data`` when it is set; else, with
+    ``train.knn_every`` / ``train.knn_at_end``, on the built-in sample (``train.knn_student``:
+    the student too) when the run trains on it; None otherwise (the sample check needs the
+    sample's labels)."""
     t = config.train
+    if t.val_data is not None:
+        return KnnDuringTraining(config, t.knn_every, t.knn_at_end, folder=t.val_data)
     if not (t.knn_at_end or t.knn_every) or config.data.path is not None:
         return None
-    return SampleKnnDuringTraining(config, every=t.knn_every, at_end=t.knn_at_end, student=t.knn_student)
+    return KnnDuringTraining(config, every=t.knn_every, at_end=t.knn_at_end, student=t.knn_student)
