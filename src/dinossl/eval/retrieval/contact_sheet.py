@@ -16,13 +16,16 @@ TEXT = (0, 0, 0)
 
 
 def _thumbnail(path: Path, size: int) -> Image.Image:
-    """The image shrunk to fit ``size`` x ``size`` (a grey square when it cannot be read)."""
+    """The image scaled, aspect kept, until its longer side is ``size`` pixels: small images
+    (e.g. 32-px CIFAR) are enlarged to fill the cell, large ones shrunk (a grey square when the
+    file cannot be read)."""
     try:
         image = open_image(path).convert("RGB")
     except DataError:
         return Image.new("RGB", (size, size), PLACEHOLDER)
-    image.thumbnail((size, size), Image.Resampling.BICUBIC)
-    return image
+    scale = size / max(image.size)
+    shape = (max(1, round(image.width * scale)), max(1, round(image.height * scale)))
+    return image if shape == image.size else image.resize(shape, Image.Resampling.BICUBIC, reducing_gap=3.0)
 
 
 def _fit(text: str, width: int, font) -> str:
