@@ -24,6 +24,7 @@ from torch import nn
 from dinossl.config import Config
 from dinossl.data import evaluation_transform, open_images
 from dinossl.data.images import ImageSource
+from dinossl.eval.baselines import UnitRangePixels
 from dinossl.eval.classification.knn import knn_predictions, paired_bootstrap_interval
 from dinossl.eval.classification.labelled_splits import open_splits
 from dinossl.eval.features import extract_features
@@ -89,14 +90,20 @@ def knn_against_random_init(config: Config, teacher_backbone: nn.Module, monitor
                             student_backbone: Optional[nn.Module] = None) -> dict[str, Any]:
     """k-NN top-1 on the sample's held-out part: the trained teacher vs. the same network at its
     random initialisation (rebuilt from the run's seed, exactly as the run started), with a 95%
-    paired bootstrap interval of the gain; with ``student_backbone``, the student's too
-    (``student``, ``student_gain_ci95``)."""
+    paired bootstrap interval of the gain; vs. raw pixels in [0, 1] (``raw_pixels``) and with each
+    image's mean subtracted (``raw_pixels_mean_subtracted``, the stronger baseline; the
+    teacher's margin over it with its interval in ``margin_over_pixels_ci95``); with
+    ``student_backbone``, the student's too (``student``, ``student_gain_ci95``)."""
     torch.manual_seed(config.train.seed)
     random_init = build_network(config.model, student=True).backbone.to(monitor.device)
     random_correct, trained_correct = monitor.correct(random_init), monitor.correct(teacher_backbone)
+    pixels_correct = monitor.correct(UnitRangePixels().to(monitor.device))
+    centred_correct = monitor.correct(UnitRangePixels(mean_subtracted=True).to(monitor.device))
     low, high = paired_bootstrap_interval(trained_correct, random_correct)
     results: dict[str, Any] = {"random_init": _percent(random_correct), "trained": _percent(trained_correct),
-                               "gain_ci95": [low, high]}
+                               "gain_ci95": [low, high], "raw_pixels": _percent(pixels_correct),
+                               "raw_pixels_mean_subtracted": _percent(centred_correct),
+                               "margin_over_pixels_ci95": list(paired_bootstrap_interval(trained_correct, centred_correct))}
     if student_backbone is not None:
         student_correct = monitor.correct(student_backbone)
         results["student"] = _percent(student_correct)
@@ -179,6 +186,11 @@ def sample_summary(record: dict[str, Any]) -> str:
     line = (f"k-NN top-1 (k=20, T=0.07) on the held-out sample: trained teacher {record['trained']:.2f}% "
             f"vs. random init {record['random_init']:.2f}% (gain {gain:+.2f} points, "
             f"95% bootstrap interval {low:+.2f} to {high:+.2f})")
+    if "raw_pixels_mean_subtracted" in record:
+        centred = record["raw_pixels_mean_subtracted"]
+        p_low, p_high = record["margin_over_pixels_ci95"]
+        line += (f" vs. raw pixels {centred:.2f}% (each image's mean subtracted; {record['raw_pixels']:.2f}% "
+                 f"as they are; margin {record['trained'] - centred:+.2f} points, {p_low:+.2f} to {p_high:+.2f})")
     if "student" in record:
         s_low, s_high = record["student_gain_ci95"]
         line += (f"; student {record['student']:.2f}% (gain {record['student'] - record['random_init']:+.2f}, "
