@@ -4,12 +4,18 @@ On a GPU the loader's JPEG decoding is the first wall (a PIL pipeline decodes te
 ImageNet-sized images per second per process). Here the loader workers only read each
 file's bytes and its size from the header, and draw the image's crop boxes, flips and
 photometric parameters; the training process then decodes the whole batch at once on the
-device (torchvision's ``decode_jpeg``: nvJPEG on a GPU, libjpeg-turbo on a CPU) and cuts each
-crop there: the box resized to the view's size bicubically with antialiasing (torchvision's
-``resized_crop`` on float tensors; torch's cubic kernel, a = -0.75, where PIL's has -0.5),
-flipped where drawn. The crops leave as the same
+device (torchvision's ``decode_jpeg``: nvJPEG on a GPU, libjpeg-turbo on a CPU) and cuts all
+its crops in a few batched calls (:func:`~dinossl.data.box_resampling.cut_boxes`: each box
+resized with PIL's antialiased bicubic filter, as the per-image path's RandomResizedCrop does,
+flipped where drawn; very large photos pre-shrunk first; one pair of matrix products per crop
+size, so the number of calls does not grow with the batch). The crops leave as the same
 :class:`~dinossl.data.photometric_params.RawCrops` the other paths yield, so the device-side
-photometric step is shared. Images may have any sizes.
+photometric step (batched, per-sample parameters) is shared. Images may have any sizes.
+
+On a CUDA device each batch is decoded and cut on a side stream, ordered against the decoder
+and the training stream as :mod:`~dinossl.data.device_streams` explains (torchvision's CUDA
+decoder can otherwise overwrite memory that queued kernels still read); the next batch is
+prepared there while the current training step runs.
 
 Files that are not JPEG are decoded by PIL in the worker and travel as pixels. A file whose
 header or data cannot be read is skipped and counted, as on the other paths.
@@ -30,14 +36,15 @@ from typing import Iterator, NamedTuple, Optional
 
 import numpy as np
 import torch
-import torch.nn.functional as F
 from PIL import Image, UnidentifiedImageError
 from torch.utils.data import DataLoader, Dataset
 from torchvision.io import ImageReadMode, decode_jpeg
 
 from dinossl.config import CropConfig
 from dinossl.data.batched_crops import draw_params_batch, random_resized_boxes
+from dinossl.data.box_resampling import cut_boxes
 from dinossl.data.crop_recipe import FLIP_P, CropRecipe, crop_recipe
+from dinossl.data.device_streams import SideStreamBatches
 from dinossl.data.images import ArrayImages, ImageFolder, UnreadableImage, to_rgb, upright
 from dinossl.data.loader import ShardedEpochSampler, sample_seed
 from dinossl.data.photometric_params import RawCrops
@@ -163,30 +170,14 @@ def decode_batch(data: list[torch.Tensor], device: torch.device) -> list[Optiona
     return images
 
 
-def resized_crop(image: torch.Tensor, box: tuple[int, int, int, int], size: int, flip: bool) -> torch.Tensor:
-    """uint8 (3, H, W) -> uint8 (3, size, size): the box (top, left, height, width) resized
-    bicubically with antialiasing, flipped left-right if asked (torchvision's tensor
-    ``resized_crop`` + ``hflip``)."""
-    top, left, height, width = box
-    crop = image[None, :, top:top + height, left:left + width].float()
-    resized = F.interpolate(crop, size=(size, size), mode="bicubic", align_corners=False, antialias=True)
-    resized = resized.round_().clamp_(0, 255).to(torch.uint8)[0]
-    return resized.flip(-1) if flip else resized
-
-
 def cut_views(images: list[torch.Tensor], boxes: torch.Tensor, flips: torch.Tensor, params: torch.Tensor,
               recipe: CropRecipe) -> list[RawCrops]:
     """Decoded images (B of uint8 (3, H_i, W_i) on the device), boxes (B, V, 4), flips (B, V),
-    params (B, V, NUM_PARAMS) -> one RawCrops per view: uint8 (B, 3, S_v, S_v) on the device
-    and the view's (B, NUM_PARAMS) parameters (left on the CPU for the photometric step)."""
-    box_list = boxes.long().tolist()  # host values: cutting never waits for the device
-    flip_list = flips.tolist()
-    views = []
-    for v, view in enumerate(recipe.views):
-        pixels = torch.stack([resized_crop(image, tuple(box_list[i][v]), view.size, flip_list[i][v])
-                              for i, image in enumerate(images)])
-        views.append(RawCrops(pixels, params[:, v]))
-    return views
+    params (B, V, NUM_PARAMS), all on the host -> one RawCrops per view: uint8 (B, 3, S_v, S_v)
+    on the device and the view's (B, NUM_PARAMS) parameters (left on the host for the
+    photometric step). One batched resampling per distinct view size."""
+    pixels = cut_boxes(images, boxes, flips, [view.size for view in recipe.views])
+    return [RawCrops(view_pixels, params[:, v]) for v, view_pixels in enumerate(pixels)]
 
 
 class DeviceCropLoader:
@@ -197,6 +188,8 @@ class DeviceCropLoader:
     def __init__(self, source: ImageFolder | ArrayImages, sampler: ShardedEpochSampler, batch_size: int,
                  crops: CropConfig | CropRecipe, seed: int, num_workers: int, device: torch.device) -> None:
         self.recipe, self.device, self.sampler = crop_recipe(crops), device, sampler
+        self.sizes = [view.size for view in self.recipe.views]
+        self.streams = SideStreamBatches(device) if device.type == "cuda" else None
         self.loader = DataLoader(
             EncodedImageDataset(source, self.recipe, seed), batch_size=batch_size, sampler=sampler, drop_last=True,
             collate_fn=collate_encoded, num_workers=num_workers, persistent_workers=num_workers > 0,
@@ -207,15 +200,27 @@ class DeviceCropLoader:
         return self.sampler.steps_per_epoch
 
     def __iter__(self) -> Iterator[tuple[list[RawCrops], torch.Tensor, int]]:
+        """Each batch is decoded and cut when the trainer asks for it, i.e. after the previous
+        training step was queued: on a GPU that work overlaps the step."""
         for batch in self.loader:
-            images = decode_batch(batch.data, self.device)
-            kept = [i for i, image in enumerate(images) if image is not None]
-            skipped = batch.skipped + len(images) - len(kept)
-            if not kept:
-                yield [], batch.labels[:0], skipped
-                continue
-            index = torch.tensor(kept)
-            views = cut_views([images[i] for i in kept], batch.boxes[index], batch.flips[index],
-                              batch.params[index], self.recipe)
-            yield views, batch.labels[index], skipped
+            yield self._prepare(batch)
 
+    def _prepare(self, batch: EncodedBatch) -> tuple[list[RawCrops], torch.Tensor, int]:
+        kept: list[int] = []
+
+        def decode() -> list[torch.Tensor]:
+            images = decode_batch(batch.data, self.device)
+            kept.extend(i for i, image in enumerate(images) if image is not None)
+            return [images[i] for i in kept]
+
+        def cut(images: list[torch.Tensor]) -> list[torch.Tensor]:
+            if not images:
+                return []
+            index = torch.tensor(kept)
+            return cut_boxes(images, batch.boxes[index], batch.flips[index], self.sizes)
+
+        pixels = self.streams.prepare(decode, cut) if self.streams is not None else cut(decode())
+        skipped = batch.skipped + len(batch.data) - len(kept)
+        index = torch.tensor(kept, dtype=torch.long)
+        views = [RawCrops(view_pixels, batch.params[index, v]) for v, view_pixels in enumerate(pixels)]
+        return views, batch.labels[index], skipped

@@ -16,6 +16,9 @@ other libraries still read it (``torch.get_float32_matmul_precision()``,
 
 from __future__ import annotations
 
+import contextlib
+from typing import Iterator
+
 import torch
 
 from dinossl.runtime.device import make_current
@@ -48,3 +51,23 @@ def configure_cuda(device: torch.device, tf32: bool) -> None:
     make_current(device)
     torch.backends.cudnn.benchmark = True
     set_fp32_arithmetic(tf32)
+
+
+@contextlib.contextmanager
+def ieee_float32_matmuls() -> Iterator[None]:
+    """Float32 matmuls in IEEE float32 inside the block, whatever a run chose (TF32 would round
+    the operands to 10 mantissa bits: pixel arithmetic would be off by a fraction of a grey
+    level); the previous setting is restored. Where a library has mixed torch's two precision
+    APIs (so the setting cannot be read) it is left as it is."""
+    try:
+        previous = torch.get_float32_matmul_precision()
+    except RuntimeError:
+        previous = "highest"
+    if previous == "highest":
+        yield
+        return
+    torch.set_float32_matmul_precision("highest")
+    try:
+        yield
+    finally:
+        torch.set_float32_matmul_precision(previous)
