@@ -130,8 +130,11 @@ class TrainConfig:
     seed: int = 0
     log_every: int = 10  # steps between JSON log lines
     progress_bar: bool = True
-    knn_at_end: bool = False  # print k-NN top-1 of the teacher vs. random init at the end
-    knn_every: int = 0  # epochs between k-NN checks of the teacher (built-in sample only); 0: never
+    # k-NN top-1 at the end / every N epochs (0: never): on train.val_data (teacher and student)
+    # when set, else on the built-in sample when the run trains on it (the teacher against its
+    # random initialisation; train.knn_student: the student too)
+    knn_at_end: bool = False
+    knn_every: int = 0
     dist_timeout_s: int = 600  # process-group timeout: a dead peer ends the run after this
     threads: int = 0  # torch CPU threads; 0 leaves torch's default
     # CUDA arithmetic of fp32 runs
