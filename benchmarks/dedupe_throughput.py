@@ -18,9 +18,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import os
-import platform
-import resource
 import sys
 import tempfile
 import time
@@ -31,19 +28,10 @@ import torch
 
 from dinossl.study.memory import PeakMemory
 
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from machine import describe, peak_memory, peak_resident_mb, resident_mb, synchronize  # noqa: E402
 
-def rss_bytes() -> int:
-    """Current resident set size of this process (Linux /proc; 0 elsewhere)."""
-    try:
-        pages = int(Path("/proc/self/statm").read_text().split()[1])
-    except (OSError, IndexError, ValueError):
-        return 0
-    return pages * os.sysconf("SC_PAGE_SIZE")
-
-
-def peak_rss_bytes() -> int:
-    peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
-    return peak if sys.platform == "darwin" else peak * 1024
+MIB = 2**20
 
 
 def synthetic_store(path: Path, n: int, dim: int, planted: int, seed: int, chunk: int = 16384) -> np.ndarray:
@@ -63,11 +51,6 @@ def synthetic_store(path: Path, n: int, dim: int, planted: int, seed: int, chunk
     return np.load(path, mmap_mode="r")
 
 
-def synchronise(device: torch.device) -> None:
-    if device.type == "cuda":
-        torch.cuda.synchronize(device)
-
-
 def search_benchmark(args: argparse.Namespace, device: torch.device) -> dict:
     from dinossl.eval.search import (
         choose_backend,
@@ -80,12 +63,12 @@ def search_benchmark(args: argparse.Namespace, device: torch.device) -> dict:
         rows = synthetic_store(Path(tmp) / "features.npy", args.n, args.dim, args.planted, args.seed)
         if device.type == "cuda":
             torch.cuda.reset_peak_memory_stats(device)
-        before = rss_bytes()
+        before = round(resident_mb() * MIB)
         search_peak = PeakMemory(torch.device("cpu"))
         search_peak.reset()  # the peak of the search alone, not of writing the synthetic store
         start = time.perf_counter()
         found = pairs_above(rows, args.threshold, tile=args.tile, device=device, backend=args.backend)
-        synchronise(device)
+        synchronize(device)
         seconds = time.perf_counter() - start
         search_peak_bytes = search_peak.read()
         search_peak.reset()  # the top-k queries' own peak below
@@ -96,7 +79,7 @@ def search_benchmark(args: argparse.Namespace, device: torch.device) -> dict:
         start = time.perf_counter()
         nearest_neighbours(rows, rows[:queries], min(args.k, args.n), bank_chunk=args.bank_chunk, device=device,
                            backend=args.backend)
-        synchronise(device)
+        synchronize(device)
         query_seconds = time.perf_counter() - start
         record = {
             "descriptors": args.n, "dim": args.dim, "stored_as": "float16 memory map",
@@ -107,13 +90,13 @@ def search_benchmark(args: argparse.Namespace, device: torch.device) -> dict:
             "search_s": round(seconds, 3), "pairs_per_s": compared / seconds,
             "topk_queries": queries, "k": min(args.k, args.n), "topk_s": round(query_seconds, 3),
             "queries_per_s": queries / query_seconds,
-            "rss_before_search_bytes": before, "process_peak_rss_bytes": peak_rss_bytes(),
+            "rss_before_search_bytes": before, "process_peak_rss_bytes": round(peak_resident_mb() * MIB),
             "search_peak_rss_bytes": search_peak_bytes,
             "search_peak_rss_growth_bytes": (search_peak_bytes or 0) - before,
             "topk_peak_rss_growth_bytes": (search_peak.read() or 0) - before,
         }
         if device.type == "cuda":
-            record["peak_cuda_bytes"] = torch.cuda.max_memory_allocated(device)
+            record["peak_cuda_bytes"] = round(peak_memory(device)["peak_memory_mb"] * MIB)
         del rows
     return record
 
@@ -144,7 +127,7 @@ def folder_benchmark(args: argparse.Namespace, device: torch.device) -> dict:
         start = time.perf_counter()
         found = pairs_above(RowSubset(store.features, rows), args.threshold, tile=args.tile, device=device,
                             backend=args.backend)
-        synchronise(device)
+        synchronize(device)
         seconds = time.perf_counter() - start
         compared = len(rows) * (len(rows) - 1) // 2
         return {
@@ -154,8 +137,8 @@ def folder_benchmark(args: argparse.Namespace, device: torch.device) -> dict:
             "index_s": round(report.seconds, 3), "images_per_s": report.computed / report.seconds,
             "unreadable": len(report.unreadable), "dim": store.dim, "pairs_found": len(found),
             "search_s": round(seconds, 3), "pairs_per_s": compared / seconds if seconds > 0 else None,
-            "process_peak_rss_bytes": peak_rss_bytes(),
-            **({"peak_cuda_bytes": torch.cuda.max_memory_allocated(device)} if device.type == "cuda" else {}),
+            "process_peak_rss_bytes": round(peak_resident_mb() * MIB),
+            **({"peak_cuda_bytes": round(peak_memory(device)["peak_memory_mb"] * MIB)} if device.type == "cuda" else {}),
         }
 
 
@@ -184,9 +167,7 @@ def main() -> None:
 
     device = resolve_device(args.device)
     report = {
-        "benchmark": "dedupe_throughput", "device": str(device),
-        "device_name": torch.cuda.get_device_name(device) if device.type == "cuda" else platform.processor() or
-        platform.machine(), "cpu_threads": torch.get_num_threads(), "torch": torch.__version__,
+        "benchmark": "dedupe_throughput", "device": str(device), "machine": describe(device),
         "synthetic": search_benchmark(args, device),
     }
     if args.folder is not None:
