@@ -14,11 +14,11 @@ import sys
 from typing import Optional, Sequence
 
 from dinossl import __version__
-from dinossl.cli import attention, dedupe, eval_group, export, plot, study, train
+from dinossl.cli import attention, dedupe, embed, eval_group, export, features, plot, study, train
 from dinossl.cli.common import HelpFormatter, parse_overrides_in
 from dinossl.errors import DinoError
 
-SUBCOMMANDS = (train, study, eval_group, attention, export, dedupe, plot)
+SUBCOMMANDS = (train, study, eval_group, attention, features, embed, export, dedupe, plot)
 
 
 def _configure_logging() -> None:
