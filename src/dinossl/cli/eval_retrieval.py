@@ -18,6 +18,7 @@ from dinossl.cli.common import (
 )
 from dinossl.eval.retrieval.copydays import CopyDetectionSettings, run_copydetection
 from dinossl.eval.retrieval.revisited import RetrievalSettings, run_retrieval
+from dinossl.eval.validation import PROTOCOLS
 
 RETRIEVAL = {"retrieval": RetrievalSettings}
 RETRIEVAL_OPTIONS = [
@@ -33,6 +34,8 @@ COPY_OPTIONS = [
     option("--imsize", "copydetection.imsize", "square input size, bicubic", type=int),
     option("--top-k", "copydetection.top_k", "database images ranked per query for AP (the reference's 20)",
            type=int),
+    option("--protocol", "copydetection.protocol", "reference: learn the whitening's eigenvectors from the "
+           "uncentred second moment, as the reference script does", choices=PROTOCOLS),
 ]
 
 

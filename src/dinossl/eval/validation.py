@@ -21,3 +21,13 @@ def require_non_negative(settings: Any, *fields: str) -> None:
         value = getattr(settings, name)
         if not value >= 0:
             raise DinoError(f"{type(settings).__name__}.{name} must be >= 0, got {value}")
+
+
+PROTOCOLS = ("dinossl", "reference")  # an evaluation's own protocol, or the reference script's, where they differ
+
+
+def require_choice(settings: Any, name: str, choices: tuple[str, ...]) -> None:
+    """The named field of ``settings`` must be one of ``choices``."""
+    value = getattr(settings, name)
+    if value not in choices:
+        raise DinoError(f"{type(settings).__name__}.{name} must be one of {', '.join(choices)}, got {value!r}")

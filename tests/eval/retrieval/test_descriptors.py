@@ -47,14 +47,16 @@ def test_resize_policies(tmp_path):
         Resize("fit", 224)
 
 
-def test_inputs_are_cropped_to_patch_multiples_and_boxes_applied(tmp_path):
+def test_inputs_keep_their_size_and_boxes_are_applied(tmp_path):
     path = _photo(tmp_path / "a.png")
     pixels, note = load_input(ImageRequest(path), Resize("longest", 224), patch=16)
-    assert pixels.shape == (3, 144, 224) and note is None  # 149 -> 144
+    assert pixels.shape == (3, 149, 224) and note is None  # each view is cropped to the patch grid later
     image = Image.open(path).convert("RGB")
     boxed, _ = load_input(ImageRequest(path, (9.6, 20.4, 110.2, 179.5)), Resize("longest", 1000), patch=16)
-    expected = to_input(image.crop((10, 20, 110, 180)))[0][:, :160, :96]
+    expected = to_input(image.crop((10, 20, 110, 180)))[0]
     assert torch.equal(boxed, expected)
+    with pytest.raises(DataError, match="smaller than one"):
+        load_input(ImageRequest(_photo(tmp_path / "tiny.png", size=(40, 12))), Resize("longest", 224), patch=16)
     with pytest.raises(DataError, match="outside"):
         load_input(ImageRequest(path, (400.0, 0.0, 500.0, 10.0)), Resize("longest", 224), patch=16)
     gray, note = load_input(ImageRequest(_photo(tmp_path / "g.png", mode="L")), Resize("square", 32), patch=16)
@@ -76,15 +78,16 @@ def test_cls_and_gem_descriptors_equal_their_definitions(vit):
 
 
 def test_multiscale_and_mirror_average_their_views(vit):
-    x = torch.randn(1, 3, 112, 160)
+    x = torch.randn(1, 3, 117, 171)  # not patch multiples: every scale is taken from the whole input
     assert MULTISCALE == (1.0, 1 / math.sqrt(2), 0.5)
     with torch.no_grad():
-        views = [vit(x)]
+        views = [vit(x[..., :112, :160])]
         for scale in MULTISCALE[1:]:
             scaled = F.interpolate(x, scale_factor=scale, mode="bilinear", align_corners=False)
             height, width = scaled.shape[-2:]
             views.append(vit(scaled[..., : height - height % 16, : width - width % 16]))
         torch.testing.assert_close(describe_batch(vit, x, DescriptorSpec("cls", MULTISCALE)), sum(views) / 3)
+        x = x[..., :112, :160]
         mirrored = (vit(x) + vit(x.flip(-1))) / 2
         torch.testing.assert_close(describe_batch(vit, x, DescriptorSpec("cls", mirror=True)), mirrored)
         # A left-right flipped image gets the same mirror-averaged descriptor.

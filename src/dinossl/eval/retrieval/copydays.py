@@ -3,7 +3,9 @@
 Every image is resized to ``imsize`` x ``imsize`` (bicubic) and described by its [CLS] output
 concatenated with the GeM (p = 4) pooling of the last layer's patch tokens. The database is
 the originals plus the optional distractors. With a whitening folder, descriptors are centred
-on that set's mean and PCA-whitened as learned there (:mod:`.whitening`); then every
+on that set's mean and PCA-whitened as learned there (:mod:`.whitening`: the eigenvectors of
+the set's covariance; with ``protocol="reference"``, of its uncentred second moment, as the
+reference script computes them); then every
 descriptor is L2-normalised. Each query's ``top_k`` nearest database images (cosine; the
 reference keeps 20) give its AP from the ranks of its originals among them, as the INRIA
 Holidays evaluation defines it (:func:`.ranking_metrics.holidays_ap`); mAP per query block,
@@ -37,6 +39,7 @@ from dinossl.eval.retrieval.image_files import check_some_decode, list_images
 from dinossl.eval.retrieval.ranking_metrics import holidays_ap
 from dinossl.eval.retrieval.whitening import Whitening, learn_whitening
 from dinossl.eval.search import nearest_neighbours
+from dinossl.eval.validation import PROTOCOLS, require_choice
 
 log = logging.getLogger("dinossl")
 
@@ -49,10 +52,12 @@ class CopyDetectionSettings:
     imsize: int = 320
     top_k: int = 20  # database images ranked per query (the reference's 20)
     gem_p: float = 4.0
+    protocol: str = "dinossl"  # "reference": the whitening's eigenvectors from the uncentred second moment
 
     def __post_init__(self) -> None:
         if self.imsize < 1 or self.top_k < 1:
             raise DinoError(f"imsize and top_k must be positive, got {self.imsize} and {self.top_k}")
+        require_choice(self, "protocol", PROTOCOLS)
 
     @property
     def resize(self) -> Resize:
@@ -120,7 +125,7 @@ def copydays_protocol(backbone: nn.Module, layout: CopydaysLayout, extra: ExtraI
     if extra.whitening:
         learning = describe(extra.whitening, "whitening set", skip=True)
         skipped["whitening"] = len(learning.unreadable)
-        transform = learn_whitening([learning.descriptors])
+        transform = learn_whitening([learning.descriptors], centred=settings.protocol != "reference")
     bank = torch.cat(database)
     blocks = {}
     names = [p.name for p in layout.originals]

@@ -6,15 +6,19 @@ Images become inputs by a :class:`Resize` policy:
   kept, Lanczos filter (PIL ``thumbnail``, as the reference's retrieval evaluation);
 * ``square``: resized to ``size`` x ``size``, bicubic (the reference's copy detection);
 
-then cropped at the right and bottom to multiples of the ViT patch size (what the patch
-embedding's stride does to the remainder anyway). An optional box (x1, y1, x2, y2) crops the
-image first (the benchmark's query regions).
+An optional box (x1, y1, x2, y2) crops the image first (the benchmark's query regions).
+Each view the backbone sees (the image at one scale, maybe mirrored) is cropped at the right
+and bottom to multiples of the ViT patch size (what the patch embedding's stride does to the
+remainder anyway); the smaller scales are interpolated from the whole input, not from its
+patch-aligned part, as the reference's ``multi_scale`` does.
 
 The descriptor (:class:`DescriptorSpec`) is the [CLS] output (``cls``; a ResNet's pooled
 output) or [CLS] concatenated with the GeM pooling (exponent ``gem_p``, default 4) of the
 last layer's patch tokens (``cls+gem``: 2 x d values; ViT only). With several ``scales``
-(multiscale: 1, 1/sqrt 2, 1/2 by bilinear interpolation of the input) and/or ``mirror`` (the
-image and its left-right mirror), the descriptors of all these views are averaged. The
+(multiscale: 1, 1/sqrt 2, 1/2 by bilinear interpolation of the input, no antialiasing,
+align_corners false, the scale factor itself used for the sampling positions) and/or
+``mirror`` (the image and its left-right mirror), the descriptors of all these views are
+averaged. The
 returned descriptors are not normalised; the protocols L2-normalise them per image (or
 whiten them first).
 
@@ -140,13 +144,15 @@ def _crop_box(image: Image.Image, box: Box, name: str) -> Image.Image:
 
 
 def load_input(request: ImageRequest, resize: Resize, patch: int) -> tuple[torch.Tensor, Optional[str]]:
-    """(3, H, W) normalised input of one image request, and its colour-conversion note."""
+    """(3, H, W) normalised input of one image request (not yet cropped to the patch grid: each
+    view is, in :func:`describe_batch`), and its colour-conversion note."""
     name = str(request.path)
     image, note = _rgb(open_image(request.path), name)
     if request.box is not None:
         image = _crop_box(image, request.box, name)
+    pixels = to_input(resize.apply(image))[0]
     try:
-        pixels = fit_to_patches(to_input(resize.apply(image))[0], patch)
+        fit_to_patches(pixels, patch)  # refuse an input smaller than one patch here, naming the file
     except DataError as exc:
         raise DataError(f"{name}: {exc}") from exc
     return pixels, note
@@ -171,7 +177,8 @@ class _Inputs(Dataset):
 
 @torch.no_grad()
 def describe_batch(backbone: nn.Module, images: torch.Tensor, spec: DescriptorSpec) -> torch.Tensor:
-    """(B, 3, H, W) inputs -> (B, D) descriptors, averaged over the spec's views."""
+    """(B, 3, H, W) inputs -> (B, D) descriptors, averaged over the spec's views; each view is
+    interpolated from the whole input, then cropped to the patch grid."""
     patch = patch_size_of(backbone)
     total, views = None, 0
     for mirrored in ((False, True) if spec.mirror else (False,)):

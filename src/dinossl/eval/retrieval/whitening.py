@@ -6,8 +6,9 @@ that floor, so a set smaller than the dimension (a singular C) still gives a fin
 Applied: x -> normalise((x - m) V diag(e)^-1/2), components in decreasing-variance order.
 
 The reference's copy-detection script centres the descriptors on m but takes the eigenvectors
-of the uncentred second moment E[x x^T]; this module uses the covariance, the usual definition
-of PCA whitening.
+of the uncentred second moment E[x x^T]. ``centred=True`` (the default) uses the covariance,
+the usual definition of PCA whitening; ``centred=False`` reproduces the reference (C is then
+E[x x^T], everything else unchanged).
 """
 
 from __future__ import annotations
@@ -31,6 +32,7 @@ class Whitening:
     projection: torch.Tensor
     samples: int
     floored: int  # eigenvalues raised to the floor
+    centred: bool = True  # eigenvectors of the covariance (False: of the uncentred second moment)
 
     def __call__(self, rows: torch.Tensor) -> torch.Tensor:
         """(n, D) descriptors -> (n, D) whitened, L2-normalised rows (on the rows' device)."""
@@ -40,12 +42,14 @@ class Whitening:
 
     def describe(self) -> dict:
         return {"learned_on": self.samples, "dimension": int(self.mean.shape[0]), "floored_eigenvalues": self.floored,
-                "eigenvalue_floor": f"{EIGENVALUE_FLOOR:g} x largest", "centred_covariance": True}
+                "eigenvalue_floor": f"{EIGENVALUE_FLOOR:g} x largest", "centred_covariance": self.centred}
 
 
-def learn_whitening(chunks: Iterable[torch.Tensor], floor: float = EIGENVALUE_FLOOR) -> Whitening:
+def learn_whitening(chunks: Iterable[torch.Tensor], floor: float = EIGENVALUE_FLOOR,
+                    centred: bool = True) -> Whitening:
     """Whitening of the rows of ``chunks`` ((n_i, D) tensors), accumulated chunk by chunk in
-    float64 so a memory-mapped set of any size can be used."""
+    float64 so a memory-mapped set of any size can be used. ``centred=False``: eigenvectors of
+    the uncentred second moment, as the reference's copy detection (see the module)."""
     count, total, outer = 0, None, None
     for chunk in chunks:
         chunk = torch.as_tensor(chunk).double().cpu()
@@ -60,7 +64,7 @@ def learn_whitening(chunks: Iterable[torch.Tensor], floor: float = EIGENVALUE_FL
     if count < 2:
         raise DataError(f"whitening needs at least 2 images, got {count}")
     mean = total / count
-    covariance = outer / count - torch.outer(mean, mean)
+    covariance = outer / count - (torch.outer(mean, mean) if centred else 0.0)
     covariance = (covariance + covariance.T) / 2
     values, vectors = torch.linalg.eigh(covariance)
     values, vectors = values.flip(0), vectors.flip(1)  # decreasing variance
@@ -68,4 +72,4 @@ def learn_whitening(chunks: Iterable[torch.Tensor], floor: float = EIGENVALUE_FL
     floored = int((values < lowest).sum())
     values = values.clamp_min(lowest if lowest > 0 else 1e-12)
     projection = vectors / values.sqrt()
-    return Whitening(mean.float(), projection.float(), count, floored)
+    return Whitening(mean.float(), projection.float(), count, floored, centred)
