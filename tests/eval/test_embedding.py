@@ -169,3 +169,40 @@ def test_processes_under_torchrun_write_disjoint_shards_and_one_index(weights, i
     one, two = load_features(tmp_path / "one"), load_features(tmp_path / "two")
     assert one.paths == two.paths and two.manifest["processes"] == 2
     assert np.allclose(np.array(one.descriptors), np.array(two.descriptors), atol=1e-6)
+
+
+@pytest.fixture(scope="module")
+def splits(tmp_path_factory, cifar10_fixture):
+    """train/ (4 classes x 8) and val/ (4 classes x 4) CIFAR-10 images."""
+    root = tmp_path_factory.mktemp("splits")
+    for split, source, count in (("train", "train", 8), ("val", "test", 4)):
+        for name in ("airplane", "cat", "frog", "ship"):
+            (root / split / name).mkdir(parents=True)
+            for path in sorted((cifar10_fixture / source / name).glob("*.jpg"))[:count]:
+                shutil.copy(path, root / split / name / path.name)
+    return root
+
+
+def test_knn_on_embed_folders_equals_knn_on_images(weights, splits, tmp_path):
+    common = ["--resize", "40", "--crop", "32", "--device", "cpu", "--num-workers", "0", "--k", "1", "3", "10"]
+    assert main(["eval", "knn", str(weights), "--data", str(splits), "--output", str(tmp_path / "direct"),
+                 *common]) == 0
+    for split in ("train", "val"):
+        assert _embed(weights, splits / split, tmp_path / f"embed-{split}", "--images-per-shard", "10") == 0
+    assert main(["eval", "knn", str(weights), "--embedded", str(tmp_path / "embed-train"), str(tmp_path / "embed-val"),
+                 "--output", str(tmp_path / "embedded"), *common]) == 0
+    direct = json.loads((tmp_path / "direct" / "results.json").read_text())["results"]
+    embedded = json.loads((tmp_path / "embedded" / "results.json").read_text())["results"]
+    assert embedded == direct
+    assert len({round(v["top1"], 6) for v in direct["knn"].values()}) > 1  # the ks differ: not a constant
+
+
+def test_knn_refuses_embed_folders_of_other_settings(weights, splits, tmp_path, capsys):
+    for split in ("train", "val"):
+        assert _embed(weights, splits / split, tmp_path / split, "--pool", "avg") == 0
+    capsys.readouterr()
+    status = main(["eval", "knn", str(weights), "--embedded", str(tmp_path / "train"), str(tmp_path / "val"),
+                   "--resize", "40", "--crop", "32", "--output", str(tmp_path / "out")])
+    err = capsys.readouterr().err.strip().splitlines()
+    assert status == 2 and len(err) == 1 and "'pool': 'avg'" in err[0]
+    assert not (tmp_path / "out").exists()

@@ -15,6 +15,7 @@ from dinossl.cli.common import (
     read_settings,
 )
 from dinossl.eval.classification.finetune import FinetuneSettings
+from dinossl.eval.classification.embedded_knn import run_knn_embedded
 from dinossl.eval.classification.knn import KnnSettings
 from dinossl.eval.classification.linear import LinearSettings
 from dinossl.eval.classification.protocols import (
@@ -105,6 +106,9 @@ def register(subparsers: argparse._SubParsersAction) -> None:
                   "Weighted k-NN (cosine, votes exp(sim/T)) of the val images against the train images, on the "
                   "frozen backbone's L2-normalised output features. Writes results.json in the output folder.")
     _inputs(knn, "knn", features_cache=True)
+    knn.add_argument("--embedded", nargs=2, type=Path, metavar=("TRAIN", "VAL"),
+                     help="read the features from these dino embed folders (of the train and val class folders) "
+                     "instead of computing them")
     add_settings(knn, KNN, KNN_OPTIONS)
     knn.set_defaults(func=run_knn_command)
 
@@ -145,6 +149,8 @@ def _report(record) -> int:
 
 def run_knn_command(args: argparse.Namespace) -> int:
     settings = read_settings(args, KNN, KNN_OPTIONS)
+    if args.embedded:
+        return _report(run_knn_embedded(_target(args), *args.embedded, settings["images"], settings["knn"]))
     return _report(run_knn(_target(args), settings["images"], settings["knn"]))
 
 

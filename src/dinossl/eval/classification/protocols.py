@@ -143,9 +143,16 @@ def knn_protocol(
     spec = FeatureSpec()
     bank, bank_labels = split_features("train", splits.train, backbone, spec, images, ctx, cache)
     queries, query_labels = split_features("val", splits.val, backbone, spec, images, ctx, cache)
+    return knn_results(bank, bank_labels, queries, query_labels, len(splits.classes), settings, ctx)
+
+
+def knn_results(bank: torch.Tensor, bank_labels: torch.Tensor, queries: torch.Tensor, query_labels: torch.Tensor,
+                num_classes: int, settings: KnnSettings, ctx: DistContext) -> dict[str, Any]:
+    """Top-1/top-5 per k of the queries (N, D) against the bank (M, D) (features as computed,
+    normalised inside); under torchrun each process classifies a slice of the queries."""
     mine = torch.as_tensor(shard_indices(queries.shape[0], ctx.rank, ctx.world_size))
     hits = knn_hits(bank.to(ctx.device), bank_labels, queries[mine], query_labels[mine], settings.ks,
-                    num_classes=len(splits.classes), temperature=settings.temperature,
+                    num_classes=num_classes, temperature=settings.temperature,
                     query_chunk=settings.query_chunk, bank_chunk=settings.bank_chunk)
     ks = sorted(hits)
     counts = torch.tensor([hits[k] for k in ks], dtype=torch.float64, device=ctx.device)
