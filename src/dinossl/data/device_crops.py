@@ -47,7 +47,7 @@ from dinossl.data.crop_recipe import FLIP_P, CropRecipe, crop_recipe
 from dinossl.data.device_streams import SideStreamBatches
 from dinossl.data.images import ArrayImages, ImageFolder, UnreadableImage, to_rgb, upright
 from dinossl.data.loader import ShardedEpochSampler, sample_seed
-from dinossl.data.photometric_params import RawCrops
+from dinossl.data.photometric_params import NUM_PARAMS, RawCrops
 
 log = logging.getLogger("dinossl")
 
@@ -81,13 +81,21 @@ class EncodedBatch(NamedTuple):
 
 def draw_views(recipe: CropRecipe, height: int, width: int, generator: torch.Generator
                ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-    """One image's boxes (V, 4), flips (V,) and parameters (V, NUM_PARAMS) for the recipe's views."""
-    boxes, flips, params = [], [], []
-    for view in recipe.views:
-        boxes.append(random_resized_boxes(1, height, width, view.scale, generator)[0])
-        flips.append(torch.rand(1, generator=generator)[0] < FLIP_P)
-        params.append(draw_params_batch(view.photometry, 1, generator)[0])
-    return torch.stack(boxes), torch.stack(flips), torch.stack(params)
+    """One image's boxes (V, 4), flips (V,) and parameters (V, NUM_PARAMS) for the recipe's views.
+    Views with the same scale range and photometry (DINO's local views) are drawn together, in
+    one call per kind: the worker's cost per image is that of 3 draws, not 2 + N."""
+    kinds: dict[tuple, list[int]] = {}
+    for v, view in enumerate(recipe.views):
+        kinds.setdefault((tuple(view.scale), view.photometry), []).append(v)
+    boxes = torch.empty(recipe.num_views, 4)
+    flips = torch.empty(recipe.num_views, dtype=torch.bool)
+    params = torch.empty(recipe.num_views, NUM_PARAMS)
+    for (scale, photometry), members in kinds.items():
+        rows = torch.tensor(members)
+        boxes[rows] = random_resized_boxes(len(members), height, width, scale, generator)
+        flips[rows] = torch.rand(len(members), generator=generator) < FLIP_P
+        params[rows] = draw_params_batch(photometry, len(members), generator)
+    return boxes, flips, params
 
 
 class EncodedImageDataset(Dataset):

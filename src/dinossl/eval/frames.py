@@ -12,7 +12,7 @@ from typing import Sequence
 
 from PIL import Image
 
-from dinossl.data.images import IMAGE_EXTENSIONS
+from dinossl.data.images import IMAGE_EXTENSIONS, to_rgb
 from dinossl.errors import DataError
 from dinossl.optional import require
 from dinossl.eval.image_input import Size
@@ -86,14 +86,15 @@ def _require_av():
 
 
 def read_video(path: str | Path) -> list[Image.Image]:
-    """All frames of a video file as RGB-or-other-mode PIL images (GIF by Pillow, others by PyAV)."""
+    """All frames of a video file as PIL images (GIF by Pillow, RGB by the package's colour rule;
+    others by PyAV)."""
     path = Path(path)
     if path.suffix.lower() == ".gif":
         frames = []
         with Image.open(path) as gif:
             for index in range(getattr(gif, "n_frames", 1)):
                 gif.seek(index)
-                frames.append(gif.convert("RGB"))
+                frames.append(to_rgb(gif))
         return frames
     av = _require_av()
     try:

@@ -7,6 +7,7 @@ from typing import Sequence
 
 from PIL import Image, ImageDraw, ImageFont
 
+from dinossl.data.images import UnreadableImage, to_rgb
 from dinossl.errors import DataError
 from dinossl.eval.image_input import open_image
 
@@ -20,8 +21,8 @@ def _thumbnail(path: Path, size: int) -> Image.Image:
     (e.g. 32-px CIFAR) are enlarged to fill the cell, large ones shrunk (a grey square when the
     file cannot be read)."""
     try:
-        image = open_image(path).convert("RGB")
-    except DataError:
+        image = to_rgb(open_image(path))
+    except (DataError, UnreadableImage):
         return Image.new("RGB", (size, size), PLACEHOLDER)
     scale = size / max(image.size)
     shape = (max(1, round(image.width * scale)), max(1, round(image.height * scale)))
