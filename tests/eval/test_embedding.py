@@ -206,3 +206,27 @@ def test_knn_refuses_embed_folders_of_other_settings(weights, splits, tmp_path, 
     err = capsys.readouterr().err.strip().splitlines()
     assert status == 2 and len(err) == 1 and "'pool': 'avg'" in err[0]
     assert not (tmp_path / "out").exists()
+
+
+def test_dedupe_on_an_embed_folder_equals_dedupe_on_images(weights, images, tmp_path):
+    data = tmp_path / "data"
+    shutil.copytree(images / "cat", data)
+    first = sorted(data.iterdir())[0]
+    shutil.copy(first, data / "copy.jpg")
+    from PIL import Image
+
+    Image.open(first).resize((40, 40)).save(data / "larger.png")
+    common = ["--device", "cpu", "--num-workers", "0", "--no-progress", "--descriptor", "cls", "--imsize", "32",
+              "--threshold", "0.995"]
+    assert main(["dedupe", str(weights), str(data), "--output", str(tmp_path / "direct"), *common]) == 0
+    assert _embed(weights, data, tmp_path / "embed", "--square", "--crop", "32") == 0
+    assert main(["dedupe", str(weights), str(data), "--embedded", str(tmp_path / "embed"),
+                 "--output", str(tmp_path / "embedded"), *common]) == 0
+    pairs = [[line.split(",") for line in (tmp_path / name / "pairs.csv").read_text().splitlines()[1:]]
+             for name in ("direct", "embedded")]
+    # the same pairs; similarities equal to float rounding (batches of other sizes: 0.999904 vs 0.999905)
+    assert [p[:2] for p in pairs[0]] == [p[:2] for p in pairs[1]]
+    assert all(abs(float(a[2]) - float(b[2])) < 1e-5 for a, b in zip(*pairs))
+    assert any("copy.jpg" in p for p in pairs[0]) and 0 < len(pairs[0]) < 28  # some pairs of the 8 images, not all
+    groups = [json.loads((tmp_path / name / "groups.json").read_text())["groups"] for name in ("direct", "embedded")]
+    assert [g["images"] for g in groups[0]] == [g["images"] for g in groups[1]]

@@ -7,7 +7,7 @@ from pathlib import Path
 
 from dinossl.cli.common import HelpFormatter, add_settings, backbone_harness, option, read_settings
 from dinossl.cli.eval_retrieval import add_run_arguments
-from dinossl.eval.retrieval.dedupe import DedupeSettings, run_dedupe, run_query
+from dinossl.eval.retrieval.dedupe import DedupeSettings, run_dedupe, run_dedupe_embedded, run_query
 
 SECTIONS = {"dedupe": DedupeSettings}
 OPTIONS = [
@@ -38,6 +38,9 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     )
     add_run_arguments(parser, 32, "dedupe-<folder>-<weights>")
     parser.add_argument("folder", type=Path, metavar="FOLDER", help="folder of images (searched recursively)")
+    parser.add_argument("--embedded", type=Path, metavar="EMBED_FOLDER",
+                        help="take the descriptors from this dino embed folder of FOLDER (--pool cls --square "
+                        "--crop <imsize>) instead of computing them")
     parser.add_argument("--query", nargs="+", metavar="IMAGE",
                         help="list these images' nearest neighbours instead (default: find all pairs)")
     add_settings(parser, SECTIONS, OPTIONS)
@@ -53,7 +56,11 @@ def run(args: argparse.Namespace) -> int:
             for rank, hit in enumerate(entry["neighbours"], start=1):
                 print(f"  {rank:3d}  {hit['similarity']:.4f}  {hit['path']}")
         return 0
-    summary = run_dedupe(backbone_harness(args), args.folder, settings, args.output, args.overwrite)
+    if args.embedded is not None:
+        summary = run_dedupe_embedded(backbone_harness(args), args.folder, args.embedded, settings, args.output,
+                                      args.overwrite)
+    else:
+        summary = run_dedupe(backbone_harness(args), args.folder, settings, args.output, args.overwrite)
     index = summary["index"]
     print(f"indexed {index['readable']} images ({index['unreadable']} unreadable); {summary['pairs']} pairs above "
           f"{summary['threshold']} in {summary['groups']} groups ({summary['images_in_groups']} images)")

@@ -24,6 +24,8 @@ OPTIONS = [
     option("--crop", "embed.crop", "center crop (with --keep-aspect: the short side)", type=int),
     option("--keep-aspect", "embed.keep_aspect", "no center crop: short side to --crop, aspect ratio kept, trimmed "
            "to the patch grid", action="store_true"),
+    option("--square", "embed.square", "resize to --crop x --crop, no crop (the geometry of dino dedupe and copy "
+           "detection)", action="store_true"),
     option("--dtype", "embed.dtype", "stored precision (float16 halves the size)", choices=("float32", "float16")),
     option("--format", "embed.format", "shard files", choices=("safetensors", "npy")),
     option("--images-per-shard", "embed.images_per_shard", "input images per shard (the unit of resuming)", type=int),

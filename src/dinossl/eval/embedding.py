@@ -3,7 +3,9 @@
 Each image (read by the package's one colour rule) becomes a model input as in the
 evaluations: bicubic resize of the short side to ``resize``, center crop ``crop`` (the paper's
 256 / 224), or with ``keep_aspect`` the short side resized to ``crop`` and the right/bottom
-trimmed to the patch grid (the image's own aspect ratio). Its global descriptor is
+trimmed to the patch grid (the image's own aspect ratio), or with ``square`` resized to
+``crop`` x ``crop`` (bicubic, the geometry of copy detection and ``dino dedupe``). Its global
+descriptor is
 
 * ``cls``: the backbone's output (ViT [CLS] after the final norm; ResNet: pooled features);
 * ``gem``: GeM pooling (exponent ``gem_p``) of the last block's patch tokens;
@@ -32,6 +34,7 @@ from typing import Any, Callable, Optional, Sequence
 import numpy as np
 import torch
 import torch.nn.functional as F
+from PIL import Image
 from torch import nn
 from torch.utils.data import DataLoader, Dataset
 from tqdm import tqdm
@@ -65,6 +68,7 @@ class EmbedSettings:
     resize: int = 256
     crop: int = 224
     keep_aspect: bool = False
+    square: bool = False  # resize to crop x crop (bicubic, no crop): the copy-detection and dedupe geometry
     gem_p: float = 4.0
     dtype: str = "float32"  # float32 or float16
     format: str = "safetensors"  # safetensors or npy
@@ -81,7 +85,9 @@ class EmbedSettings:
             raise DinoError(f"dtype must be one of {', '.join(DTYPES)} and format one of {', '.join(SHARD_FORMATS)}")
         if min(self.resize, self.crop, self.images_per_shard) < 1 or self.gem_p <= 0:
             raise DinoError("resize, crop, images_per_shard and gem_p must be positive")
-        if self.resize < self.crop and not self.keep_aspect:
+        if self.keep_aspect and self.square:
+            raise DinoError("choose --keep-aspect or --square, not both")
+        if self.resize < self.crop and not (self.keep_aspect or self.square):
             raise DinoError(f"resize ({self.resize}) must be at least crop ({self.crop})")
 
     @property
@@ -139,6 +145,8 @@ class _Inputs(Dataset):
 
 def input_transform(settings: EmbedSettings, patch: Optional[int]) -> Callable:
     """RGB picture -> (3, H, W) normalised input (see the module docstring)."""
+    if settings.square:
+        return lambda picture: to_input(picture.resize((settings.crop, settings.crop), Image.Resampling.BICUBIC))[0]
     if not settings.keep_aspect:
         return evaluation_transform(settings.resize, settings.crop)
 

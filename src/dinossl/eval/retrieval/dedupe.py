@@ -35,7 +35,9 @@ from torch.nn import functional as F
 
 from dinossl.errors import DataError, DinoError
 from dinossl.eval.image_input import open_image
-from dinossl.inference import BackboneHarness
+from dinossl.inference import BackboneHarness, weights_sha256
+from dinossl.inference.feature_shards import FeatureFolder, load_features
+from dinossl.runtime.device import resolve_device
 from dinossl.outputs import check_writable, default_output_folder
 from dinossl.eval.retrieval.contact_sheet import contact_sheet
 from dinossl.eval.retrieval.descriptors import (
@@ -328,6 +330,15 @@ def run_dedupe(run: BackboneHarness, folder: str | Path, settings: DedupeSetting
     backbone, device = loaded.module, loaded.device
     settings.spec.check(backbone)
     store, report = index_images(backbone, files, out / INDEX, identity, settings, run, device, overwrite, names)
+    return _find_and_write(out, Path(folder), store, names, settings, device,
+                           {"index": report.describe(), "settings": _settings_record(settings, run),
+                            "weights": run.describe(backbone)})
+
+
+def _find_and_write(out: Path, folder: Path, store: Any, names: Sequence[str], settings: DedupeSettings,
+                    device: torch.device, facts: dict[str, Any]) -> dict[str, Any]:
+    """Pairs above the threshold among ``store``'s readable rows (L2-normalised descriptors),
+    their groups, pairs.csv, groups.json and the contact sheet; returns the summary."""
     rows = store.readable_rows()
     whitening = folder_whitening(store, rows, settings.tile) if settings.whiten else None
     start = time.perf_counter()
@@ -340,11 +351,11 @@ def run_dedupe(run: BackboneHarness, folder: str | Path, settings: DedupeSetting
     summary = {
         "command": "dedupe", "folder": str(Path(folder).resolve()), "threshold": settings.threshold,
         "pairs": len(pairs), "groups": len(groups), "images_in_groups": sum(g["size"] for g in groups),
-        "index": report.describe(),
+        "index": facts["index"],
         "search": {**_search_facts(settings, store.dim), "pairs_compared": compared, "seconds": round(seconds, 3),
                    "pairs_per_s": round(compared / seconds, 1) if seconds > 0 else None, "device": str(device)},
         "whitening": whitening.describe() if whitening is not None else None,
-        "settings": _settings_record(settings, run), "weights": run.describe(backbone),
+        "settings": facts["settings"], "weights": facts["weights"],
         "descriptor_dim": store.dim, "paths": "relative to folder",
     }
     out.mkdir(parents=True, exist_ok=True)
@@ -358,6 +369,55 @@ def run_dedupe(run: BackboneHarness, folder: str | Path, settings: DedupeSetting
     write_atomic(out / "contact_sheet.png", lambda tmp: sheet.save(tmp, format="PNG"))
     log.info("dedupe: %d pairs above %g in %d groups; results in %s", len(pairs), settings.threshold, len(groups), out)
     return summary
+
+
+@dataclass
+class EmbeddedRows:
+    """A ``dino embed`` folder seen as dedupe's index: every row readable."""
+
+    features: np.ndarray
+    rows: int
+    dim: int
+
+    def readable_rows(self) -> np.ndarray:
+        return np.arange(self.rows)
+
+
+def embedded_index(embedded: str | Path, settings: DedupeSettings) -> tuple[FeatureFolder, EmbeddedRows]:
+    """The descriptors of a ``dino embed`` folder if they are the ones dedupe computes with
+    ``settings`` ([CLS] of a --square input of --imsize pixels, L2-normalised); DataError otherwise."""
+    folder = load_features(embedded)
+    made = folder.manifest["settings"]
+    wanted = {"pool": "cls", "square": True, "crop": settings.imsize, "normalize": True, "multiscale": False}
+    different = {k: made.get(k) for k, v in wanted.items() if made.get(k) != v}
+    if settings.pooling != "cls" or settings.flip_invariant:
+        raise DataError("--embedded gives [CLS] descriptors of one view: use --descriptor cls without --flip-invariant")
+    if different:
+        raise DataError(f"{embedded} was embedded with {different}; dedupe's descriptors need dino embed --pool cls "
+                        f"--square --crop {settings.imsize}")
+    matrix = folder.descriptors
+    return folder, EmbeddedRows(matrix, int(matrix.shape[0]), int(matrix.shape[1]))
+
+
+def run_dedupe_embedded(run: BackboneHarness, images: str | Path, embedded: str | Path,
+                        settings: DedupeSettings = DedupeSettings(), output: Optional[str | Path] = None,
+                        overwrite: bool = False) -> dict[str, Any]:
+    """Pairs and groups of the images of ``images`` from the descriptors ``dino embed`` wrote
+    of them with ``run``'s weights into ``embedded`` (no backbone runs); the same results as
+    :func:`run_dedupe` computes."""
+    folder, rows = embedded_index(embedded, settings)
+    manifest = folder.manifest
+    if manifest["weights"].get("sha256") != weights_sha256(run.weights) or manifest["weights"].get("which") != run.which:
+        raise DataError(f"{embedded} holds features of other weights ({manifest['weights'].get('path')})")
+    if Path(manifest["data"]) != Path(images).resolve():
+        raise DataError(f"{embedded} holds features of {manifest['data']}, not of {Path(images).resolve()}")
+    out = check_output_folder(output or default_output_folder("dedupe", run.weights, images, run.which),
+                              DEDUPE_FILES, overwrite)
+    skipped = {entry["path"]: entry["reason"] for entry in manifest["skipped"]}
+    index = {"images": manifest["images"], "readable": manifest["count"], "unreadable": len(skipped),
+             "embedded": str(Path(embedded).resolve()), "unreadable_files": skipped}
+    return _find_and_write(out, Path(images), rows, folder.paths, settings, resolve_device(run.device),
+                           {"index": index, "settings": asdict(settings), "weights": manifest["weights"]})
 
 
 def run_query(run: BackboneHarness, folder: str | Path, queries: Sequence[str | Path],
