@@ -9,6 +9,13 @@ class DinoError(Exception):
     """
 
     same_on_all_ranks = False
+    exit_status = 2  # bad input; a failure of the machine, not of the input, says otherwise
+
+
+class LoaderFailure(DinoError):
+    """A data-loading worker process died (the out-of-memory killer, a crash): not bad input."""
+
+    exit_status = 1
 
 
 class ConfigError(DinoError):

@@ -18,6 +18,10 @@ from typing import Optional
 
 from dinossl.errors import DinoError, StorageError
 
+LOCK_NAME = ".dinossl.lock"
+"""The lock file a command holds in its output folder while it works
+(:mod:`dinossl.runtime.folder_lock`); it does not make a folder non-empty."""
+
 
 def check_writable(path: str | Path) -> Path:
     """``path`` if it could be created or written: its nearest existing ancestor is a folder in
@@ -49,7 +53,7 @@ def usable_output_folder(path: str | Path, overwrite: bool = False) -> Path:
     path = Path(path)
     if path.exists() and not path.is_dir():
         raise DinoError(f"output {path} exists and is not a folder")
-    if path.is_dir() and any(path.iterdir()) and not overwrite:
+    if path.is_dir() and any(p.name != LOCK_NAME for p in path.iterdir()) and not overwrite:
         raise DinoError(f"output folder {path} is not empty; choose a new folder or pass --overwrite")
     return check_writable(path)
 

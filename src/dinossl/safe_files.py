@@ -9,8 +9,9 @@ with one :class:`~dinossl.errors.CheckpointError`. A file with a ``<name>.sha256
 read only if its digest is one the record lists (a file damaged after it was written is refused).
 
 Writing: :func:`write_atomic` writes beside the destination and renames, so readers never see
-a partial file; the file gets the permissions of any newly created file (umask), a full disk
-becomes one :class:`~dinossl.errors.StorageError` naming the space problem, and leftovers of an
+a partial file; the file gets the permissions of any newly created file (umask), a full disk or
+an output that became read-only becomes one :class:`~dinossl.errors.StorageError` naming the
+problem (:func:`storage_error`), and leftovers of an
 earlier, killed write to the same name are removed. With ``digest=True`` the SHA-256 record is
 replaced together with the file (see :func:`write_atomic`).
 
@@ -41,6 +42,7 @@ from dinossl.errors import CheckpointError, StorageError
 
 DIGEST_SUFFIX = ".sha256"
 _SPACE_ERRNOS = (errno.ENOSPC, errno.EDQUOT, errno.EFBIG)
+_REFUSED_ERRNOS = (errno.EROFS, errno.EACCES, errno.EPERM)  # the output stopped accepting writes
 
 
 def temporary_name_pattern(path: Path) -> str:
@@ -84,15 +86,21 @@ def _size(count: Optional[int]) -> str:
     return f"{count} bytes"
 
 
-def _storage_error(path: Path, exc: BaseException, existed: bool) -> Optional[StorageError]:
-    """A StorageError for a failed write that ran out of space (ENOSPC, quota, torch's zip
-    writer failing mid-file), else None."""
+def storage_error(path: Path, exc: BaseException, existed: bool) -> Optional[StorageError]:
+    """A StorageError for a write to ``path`` that failed because of where it writes: no space
+    (ENOSPC, a quota, torch's zip writer failing mid-file), a filesystem that became read-only,
+    a permission taken away; None for any other failure. ``existed``: ``path`` was there before
+    the write (and is kept)."""
     code = getattr(exc, "errno", None)
     text = str(exc)
     torch_writer = isinstance(exc, RuntimeError) and ("inline_container" in text or "file write failed" in text)
-    if code not in _SPACE_ERRNOS and not torch_writer:
+    if code not in (*_SPACE_ERRNOS, *_REFUSED_ERRNOS) and not torch_writer:
         return None
     kept = f"the previous {path.name} is intact" if existed else f"nothing was written to {path}"
+    if code in _REFUSED_ERRNOS:
+        reason = "its filesystem is read-only" if code == errno.EROFS else "permission denied"
+        return StorageError(f"could not write {path}: {reason}; {kept}. Make the folder writable again (or choose "
+                            "another output folder) and run the same command to resume")
     reason = "no space left on the device" if code in (errno.ENOSPC, None) else os.strerror(code)
     return StorageError(f"could not write {path}: {reason} ({_size(_free_bytes(path.parent))} free on its "
                         f"filesystem); {kept}. Free some space or choose another output folder")
@@ -144,7 +152,7 @@ def write_atomic(path: str | Path, write: Callable[[str], None], digest: bool = 
             os.replace(tmp, path)
             _write_record(record, path.name, [new])
     except (OSError, RuntimeError) as exc:
-        error = _storage_error(path, exc, existed)
+        error = storage_error(path, exc, existed)
         if error is not None:
             raise error from exc
         raise

@@ -54,13 +54,14 @@ def _parse(parser: argparse.ArgumentParser, argv: Optional[Sequence[str]]) -> ar
 
 
 def main(argv: Optional[Sequence[str]] = None) -> int:
-    """Entry point; returns the exit status (0 ok, 1 failure, 2 bad input)."""
+    """Entry point; returns the exit status (0 ok, 1 failure, 2 bad input, 130 Ctrl-C)."""
     parser = build_parser()
     args = _parse(parser, argv)
     if args.command is None:
         parser.print_help()
         return 2
     name = " ".join(part for part in (args.command, getattr(args, "evaluation", None)) if part)
+    args.argv = list(argv) if argv is not None else sys.argv[1:]  # the command as typed (to repeat it)
     _configure_logging()
     try:
         result = args.func(args)
@@ -69,7 +70,7 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
         if rank == 0 or not exc.same_on_all_ranks:
             where = f" (rank {rank})" if rank else ""
             print(f"dino {name}{where}: error: {exc}", file=sys.stderr)
-        return 2
+        return exc.exit_status
     except KeyboardInterrupt:
         print(f"dino {name}: interrupted", file=sys.stderr)
         return 130

@@ -11,6 +11,8 @@ import yaml
 from dinossl.cli.common import DEVICE_HELP, HelpFormatter
 from dinossl.config.merge import read_yaml_mapping
 from dinossl.errors import ConfigError
+from dinossl.outputs import check_writable
+from dinossl.runtime.folder_lock import folder_lock
 from dinossl.study import (
     check_figure_dependencies,
     load_study,
@@ -92,8 +94,10 @@ def run(args: argparse.Namespace) -> int:
         return 0
     if not args.no_figure:
         check_figure_dependencies()
-    outcome = run_study(study, configs, args.output or f"study-{study.name}", _command(args),
-                        parallel=args.parallel, figure=not args.no_figure)
+    output = args.output or f"study-{study.name}"
+    with folder_lock(check_writable(output), "dino study"):  # RANK 0 holds it; each variant's run locks its own
+        outcome = run_study(study, configs, output, _command(args), parallel=args.parallel,
+                            figure=not args.no_figure)
     if outcome.preempted_by:
         print(f"study {study.name}: stopped on {signal_name(outcome.preempted_by)}; the interrupted variant is "
               "checkpointed: run the same command to resume")

@@ -5,6 +5,8 @@ from __future__ import annotations
 import argparse
 import logging
 import os
+import shlex
+import sys
 
 import yaml
 
@@ -15,6 +17,7 @@ from dinossl.eval.classification.knn_monitor import FOLDER_KNN_METRIC, KNN_METRI
 from dinossl.eval.training_monitors import training_monitors
 from dinossl.train import train
 from dinossl.train.preemption import requeue_exit_status, signal_name
+from dinossl.train.trainer import RunInterrupted
 
 log = logging.getLogger("dinossl")
 
@@ -44,12 +47,24 @@ def register(subparsers: argparse._SubParsersAction) -> None:
                         help="initialise the student backbone from released weights (default: random init)")
     parser.add_argument("--stop-after-epochs", type=int, metavar="N", default=argparse.SUPPRESS,
                         help="end this invocation after N more epochs (resumable; e.g. for time-limited jobs)")
+    parser.add_argument("--allow-data-change", action="store_true",
+                        help="resume even if images were added to or removed from the data folder since the "
+                        "checkpoint (the unfinished epoch restarts in the new data's order); without it such a "
+                        "resume stops")
     parser.epilog = ("On SIGTERM or SIGUSR1 (a cluster's preemption or time-limit warning) the step in flight is "
                      "finished and checkpointed and the command exits with status 128 + the signal's number "
                      "(143, 138); run the same command to resume from that step. Exit status 2: bad input.")
     parser.add_argument("--print-config", action="store_true",
                         help="print the resolved configuration as YAML and exit (nothing is written)")
     parser.set_defaults(func=run)
+
+
+def _resume_command(args: argparse.Namespace) -> str:
+    """How to resume: the same command (under torchrun: the same launch)."""
+    command = shlex.join(["dino", *getattr(args, "argv", ["train"])])
+    if int(os.environ.get("WORLD_SIZE", "1")) > 1:
+        return f"to resume, launch the same torchrun job again ({command} in each process)"
+    return f"to resume, run: {command}"
 
 
 def run(args: argparse.Namespace) -> int:
@@ -69,8 +84,12 @@ def run(args: argparse.Namespace) -> int:
     stop_after = getattr(args, "stop_after_epochs", None)
     if stop_after is not None and stop_after < 1:
         raise ConfigError(f"--stop-after-epochs: must be >= 1, got {stop_after}")
-    result = train(config, output, init_from=getattr(args, "init_from", None), stop_after_epochs=stop_after,
-                   monitors=training_monitors(config, output))
+    try:
+        result = train(config, output, init_from=getattr(args, "init_from", None), stop_after_epochs=stop_after,
+                       monitors=training_monitors(config, output), allow_data_change=args.allow_data_change)
+    except RunInterrupted as stop:
+        print(f"dino train: interrupted; {stop.where}; {_resume_command(args)}", file=sys.stderr)
+        return 130
     if int(os.environ.get("RANK", "0")) != 0:  # under torchrun only rank 0 speaks; each rank exits alike
         return requeue_exit_status(result.preempted_by) if result.preempted_by else 0
     t = config.train

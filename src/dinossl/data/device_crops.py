@@ -48,6 +48,7 @@ from dinossl.data.device_streams import SideStreamBatches
 from dinossl.data.images import ArrayImages, ImageFolder, UnreadableImage, to_rgb, upright
 from dinossl.data.loader import ShardedEpochSampler, sample_seed
 from dinossl.data.photometric_params import NUM_PARAMS, RawCrops
+from dinossl.runtime.cores import cap_workers
 
 log = logging.getLogger("dinossl")
 
@@ -198,6 +199,7 @@ class DeviceCropLoader:
         self.recipe, self.device, self.sampler = crop_recipe(crops), device, sampler
         self.sizes = [view.size for view in self.recipe.views]
         self.streams = SideStreamBatches(device) if device.type == "cuda" else None
+        num_workers = cap_workers(num_workers, "data.num_workers")
         self.loader = DataLoader(
             EncodedImageDataset(source, self.recipe, seed), batch_size=batch_size, sampler=sampler, drop_last=True,
             collate_fn=collate_encoded, num_workers=num_workers, persistent_workers=num_workers > 0,

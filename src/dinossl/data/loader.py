@@ -23,6 +23,7 @@ from dinossl.data.crop_recipe import CropRecipe
 from dinossl.data.geometric_crops import GeometricMultiCrop
 from dinossl.data.images import ImageSource, UnreadableImage
 from dinossl.data.photometric_params import RawCrops
+from dinossl.runtime.cores import cap_workers
 
 log = logging.getLogger("dinossl")
 
@@ -147,8 +148,9 @@ def loader_generator(seed: int) -> torch.Generator:
 
 def build_train_loader(dataset: MultiCropDataset, sampler: ShardedEpochSampler, batch_size: int,
                        num_workers: int, pin_memory: bool, generator: Optional[torch.Generator] = None) -> DataLoader:
-    """DataLoader over the sampler's share, with persistent, pinned workers when asked; its
-    generator defaults to :func:`loader_generator` of the dataset's seed."""
+    """DataLoader over the sampler's share, with persistent, pinned workers when asked (at most
+    one per available core); its generator defaults to :func:`loader_generator` of the dataset's seed."""
+    num_workers = cap_workers(num_workers, "data.num_workers")
     return DataLoader(
         dataset,
         batch_size=batch_size,

@@ -12,6 +12,7 @@ from dinossl.config import DataConfig
 from dinossl.data.batched_crops import BatchedCropLoader, images_in_memory
 from dinossl.data.crop_recipe import CropRecipe
 from dinossl.data.device_crops import DeviceCropLoader
+from dinossl.data.images import ArrayImages, ImageFolder
 from dinossl.data.sample import open_images
 from dinossl.data.loader import MultiCropDataset, ShardedEpochSampler, build_multicrop_transform, build_train_loader
 from dinossl.data.photometric_params import RawCrops
@@ -30,6 +31,7 @@ class TrainingData:
     sampler: ShardedEpochSampler
     num_images: int
     skipped_at_load: int  # unreadable files dropped while loading images into memory
+    listing: ImageFolder | ArrayImages  # the images as listed, before any decode (the data's fingerprint)
 
     @property
     def steps_per_epoch(self) -> int:
@@ -47,7 +49,7 @@ def build_training_data(data: DataConfig, recipe: CropRecipe, batch_size: int, r
     and cropped on ``device`` (``data.geometric=device``) or per-image crops in loader workers
     (pinned batches when ``device`` is a GPU)."""
     device = torch.device(device)
-    source = open_images(data.path, "train")
+    source = listing = open_images(data.path, "train")
     skipped = 0
     if data.geometric == "batched":  # decode once; unreadable files are dropped here
         source, skipped = images_in_memory(source)
@@ -62,4 +64,4 @@ def build_training_data(data: DataConfig, recipe: CropRecipe, batch_size: int, r
     else:
         dataset = MultiCropDataset(source, build_multicrop_transform(data, recipe), seed)
         loader = build_train_loader(dataset, sampler, batch_size, data.num_workers, pin_memory=device.type == "cuda")
-    return TrainingData(loader, sampler, len(source), skipped)
+    return TrainingData(loader, sampler, len(source), skipped, listing)

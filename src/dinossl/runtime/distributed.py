@@ -18,7 +18,7 @@ import datetime
 import logging
 import os
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, Optional
 
 import torch
 from torch import distributed as dist
@@ -134,6 +134,18 @@ def gather_objects(value: Any) -> list[Any]:
         dist.all_gather_object(values, value)
         return values
     return [value]
+
+
+def raise_together(error: Optional[DinoError], ctx: DistContext, kind: type[DinoError] = DinoError) -> None:
+    """Raise ``error``, decided on the main process, on every process (a collective when
+    distributed): the others raise a ``kind``, marked so that only rank 0's message is printed."""
+    if ctx.distributed:
+        flag = all_reduce(torch.tensor([0 if error is None else 1], device=ctx.device), "max")
+        if int(flag.item()) and error is None:
+            error = kind("the main process stopped (rank 0 says why)")
+            error.same_on_all_ranks = True
+    if error is not None:
+        raise error
 
 
 def barrier() -> None:

@@ -28,7 +28,7 @@ import yaml
 from dinossl.config import Config
 from dinossl.errors import DinoError
 from dinossl.eval.training_monitors import training_monitors
-from dinossl.outputs import check_writable
+from dinossl.outputs import LOCK_NAME, check_writable
 from dinossl.runtime.device import resolve_device
 from dinossl.runtime.distributed import barrier, init_distributed, launched_by_torchrun, shutdown_distributed
 from dinossl.safe_files import write_atomic
@@ -82,7 +82,7 @@ def check_study_folder(folder: Path, record: dict[str, Any]) -> None:
     if folder.exists() and not folder.is_dir():
         raise DinoError(f"output {folder} exists and is not a folder")
     check_writable(folder)
-    if not folder.is_dir() or not any(folder.iterdir()):
+    if not folder.is_dir() or not any(p.name != LOCK_NAME for p in folder.iterdir()):
         return
     stored = _stored_record(folder)
     if stored is None:

@@ -5,7 +5,8 @@ A checkpoint is a dict in the reference layout: ``student`` and ``teacher`` stat
 (``backbone.*`` / ``head.*``), ``optimizer``, ``epoch`` (epochs completed), ``dino_loss``
 (``center``, 1 x K) and ``fp16_scaler``, plus ``config`` (a plain dict instead of the
 reference's pickled argparse Namespace), ``step``, ``world_size``, ``global_batch`` and
-``log_position`` (the length of ``log.jsonl`` when it was written).
+``log_position`` (the length of ``log.jsonl`` when it was written) and ``data``, the training
+set's fingerprint (:mod:`dinossl.data.fingerprint`), which a resume compares with the data it finds.
 
 A checkpoint written inside an epoch (``train.checkpoint_every_steps``, or on SIGTERM/SIGUSR1)
 also holds ``epoch_step`` (steps done in the unfinished epoch ``epoch`` + 1) and ``mid_epoch``:
@@ -38,9 +39,10 @@ EXPORT_FORMATS = ("pth", "safetensors")
 
 def training_state(distiller: Distiller, config: Config, epochs_done: int, steps_per_epoch: int,
                    world_size: int, global_batch: int, epoch_step: int = 0, log_position: int = 0,
-                   mid_epoch: Optional[dict[str, Any]] = None) -> dict[str, Any]:
+                   mid_epoch: Optional[dict[str, Any]] = None, data: Optional[dict[str, Any]] = None) -> dict[str, Any]:
     """The checkpoint of a run after ``epochs_done`` epochs and ``epoch_step`` steps of the next
-    one (``mid_epoch``: what the unfinished epoch needs to continue exactly)."""
+    one (``mid_epoch``: what the unfinished epoch needs to continue exactly; ``data``: the
+    fingerprint record of the training set)."""
     state = {
         **distiller.state_dict(),
         "epoch": epochs_done,
@@ -50,6 +52,8 @@ def training_state(distiller: Distiller, config: Config, epochs_done: int, steps
         "global_batch": global_batch,
         "log_position": log_position,
     }
+    if data is not None:
+        state["data"] = data
     if epoch_step:
         state["epoch_step"] = epoch_step
         state["mid_epoch"] = mid_epoch or {}

@@ -17,6 +17,7 @@ from typing import Any, Optional
 import numpy as np
 
 from dinossl.optional import available, require
+from dinossl.safe_files import storage_error
 from dinossl.train.experiment_loggers import Tracker
 
 log = logging.getLogger("dinossl")
@@ -53,6 +54,25 @@ def rewind_log(output_dir: str | Path, position: Optional[int]) -> int:
     return dropped
 
 
+def epoch_start_position(output_dir: str | Path, epoch: int, position: int) -> int:
+    """The byte offset in ``log.jsonl`` of the first ``step`` record of ``epoch`` (1-based)
+    before ``position``, or ``position`` when there is none: where to rewind to when that epoch
+    is run again from its first step."""
+    path = Path(output_dir) / LOG_NAME
+    if not path.is_file():
+        return position
+    offset = 0
+    for line in path.read_bytes()[:position].splitlines(keepends=True):
+        try:
+            record = json.loads(line)
+        except ValueError:
+            record = None
+        if isinstance(record, dict) and record.get("kind") == "step" and record.get("epoch") == epoch:
+            return offset
+        offset += len(line)
+    return position
+
+
 class RunLog:
     """Appends one JSON object per record to ``log.jsonl`` and mirrors numbers to TensorBoard.
 
@@ -80,8 +100,15 @@ class RunLog:
     def write(self, record: dict[str, Any]) -> None:
         if not self.enabled:
             return
-        with self.path.open("a") as handle:
-            handle.write(json.dumps(record, allow_nan=True) + "\n")
+        existed = self.path.is_file()
+        try:
+            with self.path.open("a") as handle:
+                handle.write(json.dumps(record, allow_nan=True) + "\n")
+        except OSError as exc:  # a full disk, an output that became read-only: one line, not a traceback
+            error = storage_error(self.path, exc, existed)
+            if error is not None:
+                raise error from exc
+            raise
         if self._writer is not None:
             kind = record.get("kind", "step")
             x = record.get("step" if kind == "step" else "epoch", 0)

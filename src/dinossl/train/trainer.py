@@ -17,6 +17,7 @@ the checkpoint.
 from __future__ import annotations
 
 import logging
+import re
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -29,8 +30,9 @@ from tqdm import tqdm
 from dinossl.config import Config
 from dinossl.data import to_model_input
 from dinossl.data.crop_recipe import CropRecipe
+from dinossl.data.fingerprint import DataFingerprint, fingerprint_images
 from dinossl.data.training_data import TrainingData, build_training_data
-from dinossl.errors import DataError
+from dinossl.errors import CheckpointError, DataError, LoaderFailure
 from dinossl.outputs import check_writable
 from dinossl.objective import CollapseMonitor, TrainingSchedules, build_schedules, scaled_lr
 from dinossl.runtime.distributed import (
@@ -42,13 +44,16 @@ from dinossl.runtime.distributed import (
     init_distributed,
     is_peer_failure,
     local_context,
+    raise_together,
     shutdown_distributed,
 )
+from dinossl.runtime.folder_lock import folder_lock
 from dinossl.runtime.process_settings import apply_process_settings
 from dinossl.train.checkpoint import (
     CHECKPOINT_NAME,
     KEPT_CHECKPOINT,
     export_teacher_backbone,
+    read_checkpoint,
     remove_interrupted_writes,
     restore_training_state,
     save_checkpoint,
@@ -58,7 +63,7 @@ from dinossl.train.distiller import Distiller, build_distiller
 from dinossl.train.preemption import PreemptionSignals, signal_name
 from dinossl.train.experiment_loggers import check_tracker, open_tracker
 from dinossl.train.run_folder import check_run_folder, write_run_config
-from dinossl.train.run_log import RunLog, rewind_log
+from dinossl.train.run_log import RunLog, epoch_start_position, rewind_log
 from dinossl.train.step_stats import StepStats
 
 log = logging.getLogger("dinossl")
@@ -84,6 +89,41 @@ class RunMonitor(Protocol):
         """After the last epoch and the export."""
 
 
+@dataclass(frozen=True)
+class SavedPoint:
+    """Where the run's checkpoint.pth stands: epochs completed, global step, steps into the next epoch."""
+
+    path: Path
+    epochs_done: int
+    step: int
+    epoch_step: int = 0
+
+    @classmethod
+    def of(cls, path: Path, checkpoint: dict[str, Any]) -> "SavedPoint":
+        return cls(path, int(checkpoint["epoch"]), int(checkpoint.get("step", 0)), int(checkpoint.get("epoch_step", 0)))
+
+    def describe(self) -> str:
+        """e.g. 'run/checkpoint.pth holds step 6 (epoch 2, 2 of its steps done)'."""
+        if self.epoch_step:
+            return (f"{self.path} holds step {self.step} (epoch {self.epochs_done + 1}, {self.epoch_step} of its steps "
+                    "done)")
+        return f"{self.path} holds step {self.step} (end of epoch {self.epochs_done})"
+
+
+class RunInterrupted(KeyboardInterrupt):
+    """Ctrl-C during a run; ``where`` says which checkpoint holds the work."""
+
+    def __init__(self, where: str) -> None:
+        super().__init__(where)
+        self.where = where
+
+
+class DataChanged(DataError):
+    """The training set differs from the one the checkpoint was trained on."""
+
+    same_on_all_ranks = True
+
+
 @dataclass
 class TrainingRun:
     """Everything a training run holds between steps."""
@@ -101,6 +141,9 @@ class TrainingRun:
     start_step: int = 0  # steps of epoch start_epoch already done (a checkpoint written inside it)
     resume_point: Optional[dict[str, Any]] = None  # that checkpoint's ``mid_epoch`` entry
     signals: PreemptionSignals = field(default_factory=PreemptionSignals)
+    fingerprint: Optional[DataFingerprint] = None  # of the training set (main process only)
+    saved: Optional["SavedPoint"] = None  # the checkpoint.pth in place (main process)
+    writing: bool = False  # inside a write of checkpoint.pth
 
     @property
     def global_batch(self) -> int:
@@ -139,37 +182,47 @@ def _seed_for_epoch(seed: int, epoch: int, rank: int) -> None:
 
 
 def build_run(config: Config, output_dir: str | Path, init_from: Optional[str] = None,
-              ctx: Optional[DistContext] = None) -> TrainingRun:
+              ctx: Optional[DistContext] = None, allow_data_change: bool = False) -> TrainingRun:
     """Data, distiller and schedules; resumes from ``output_dir`` when it holds a checkpoint of
-    the same configuration. ``ctx``: the process group already joined (None: join it here)."""
+    the same configuration and of the same data (``allow_data_change``: of other data too, the
+    unfinished epoch then restarts). ``ctx``: the process group already joined (None: join it here)."""
     output_dir = check_writable(output_dir)  # before any image is decoded
     if ctx is None:
         ctx = init_distributed(config.train.device, config.train.dist_timeout_s)
     apply_process_settings(config.train, ctx.device)
     checkpoint = check_run_folder(output_dir, config)
     resuming = checkpoint is not None or (output_dir / "config.yaml").is_file()
-    if ctx.is_main and resuming:
-        remove_interrupted_writes(output_dir)
-        # the steps after the checkpoint are computed again: their records go
-        rewind_log(output_dir, checkpoint.get("log_position") if checkpoint is not None else 0)
     check_tracker(config.train.logger)  # a missing tracker package stops the run before anything is written
 
     recipe = CropRecipe.from_config(config.data.crops)
     tcfg = config.train
     data = build_training_data(config.data, recipe, tcfg.batch_size_per_process, ctx.rank, ctx.world_size,
                                tcfg.seed, ctx.device)
+    fingerprint = fingerprint_images(data.listing)  # every process: all of them must agree to stop
+    data_note, restart_epoch = (None, False) if checkpoint is None else _data_since(
+        checkpoint, fingerprint, output_dir / CHECKPOINT_NAME, allow_data_change)
+    if ctx.is_main and resuming:
+        remove_interrupted_writes(output_dir)
+        # the steps after the checkpoint are computed again: their records go (and those of the
+        # whole unfinished epoch when it restarts)
+        position = checkpoint.get("log_position") if checkpoint is not None else 0
+        if restart_epoch:
+            position = epoch_start_position(output_dir, int(checkpoint["epoch"]) + 1, position)
+        rewind_log(output_dir, position)
     if init_from is not None and checkpoint is not None and ctx.is_main:
         log.warning("--init-from %s ignored: %s holds a checkpoint, which is resumed", init_from, output_dir)
     distiller = build_distiller(config, ctx, recipe.num_global, init_from if checkpoint is None else None)
     global_batch = tcfg.batch_size_per_process * ctx.world_size
     schedules = build_schedules(config.optim, config.loss, tcfg.epochs, data.steps_per_epoch, global_batch)
 
+    purge_step = None
+    if checkpoint is not None:
+        purge_step = (int(checkpoint["epoch"]) * data.steps_per_epoch if restart_epoch
+                      else int(checkpoint.get("step", 0))) + 1
     run = TrainingRun(
         config=config, ctx=ctx, output_dir=output_dir, recipe=recipe, data=data, distiller=distiller,
-        schedules=schedules,
-        run_log=_run_log(config, output_dir, ctx,
-                         purge_step=int(checkpoint.get("step", 0)) + 1 if checkpoint is not None else None),
-        collapse=CollapseMonitor(out_dim=config.model.out_dim),
+        schedules=schedules, run_log=_run_log(config, output_dir, ctx, purge_step=purge_step),
+        collapse=CollapseMonitor(out_dim=config.model.out_dim), fingerprint=fingerprint,
     )
     o = config.optim
     if o.warmup_epochs > tcfg.epochs and ctx.is_main:
@@ -182,10 +235,37 @@ def build_run(config: Config, output_dir: str | Path, init_from: Optional[str] =
         run.run_log.warn(f"skipped {data.skipped_at_load} unreadable images while loading {config.data.path} into memory",
                          skipped_images=data.skipped_at_load)
     if checkpoint is not None:
+        if data_note is not None:
+            run.run_log.warn(data_note)
         _resume(run, checkpoint)
+        if restart_epoch:
+            run.start_step, run.resume_point = 0, None
+        if ctx.is_main:
+            run.saved = SavedPoint.of(output_dir / CHECKPOINT_NAME, checkpoint)
     elif ctx.is_main:
         write_run_config(output_dir, config)
     return run
+
+
+def _data_since(checkpoint: dict[str, Any], fingerprint: DataFingerprint, path: Path,
+                allow_change: bool) -> tuple[Optional[str], bool]:
+    """Compare the training set with the one ``checkpoint`` recorded: (a warning or None, whether
+    the unfinished epoch restarts). Raises DataChanged when it differs and ``allow_change`` is off."""
+    stored = DataFingerprint.from_record(checkpoint.get("data"))
+    if stored is None:
+        return (f"{path} records no fingerprint of its training data (written by an older dinossl): whether the "
+                "data changed since cannot be checked", False)
+    if stored.sha256 == fingerprint.sha256:
+        return None, False
+    change = fingerprint.describe_change(stored)
+    if not allow_change:
+        raise DataChanged(f"the training data changed since {path} was written: {change}; the sampler's order and "
+                          "the position it resumes at would no longer mean what they did. Restore the data, train "
+                          "into a new output folder, or pass --allow-data-change to continue on the new data (the "
+                          "unfinished epoch restarts in a new order)")
+    epoch = int(checkpoint["epoch"]) + 1
+    return (f"the training data changed since {path} was written: {change}; continuing on the new data "
+            f"(--allow-data-change): epoch {epoch} starts again from its first step, in the new data's order", True)
 
 
 def _run_log(config: Config, output_dir: Path, ctx: DistContext, purge_step: Optional[int] = None) -> RunLog:
@@ -262,6 +342,35 @@ def _checkpoint_kept(run: TrainingRun) -> str:
     return f"no checkpoint had been written in {run.output_dir} yet"
 
 
+def _data_record(run: TrainingRun) -> Optional[dict[str, Any]]:
+    return run.fingerprint.record() if run.fingerprint is not None else None
+
+
+def _save(run: TrainingRun, state: dict[str, Any]) -> None:
+    """Write checkpoint.pth and remember what it holds (``writing`` stays set if the write fails)."""
+    path = run.output_dir / CHECKPOINT_NAME
+    run.writing = True
+    save_checkpoint(state, path)
+    run.writing = False
+    run.saved = SavedPoint.of(path, state)
+
+
+def _where_the_work_is(run: Optional[TrainingRun], output_dir: str | Path) -> str:
+    """Which checkpoint holds the run, for a message after an interruption or a failure."""
+    path = Path(output_dir) / CHECKPOINT_NAME
+    if run is not None and not run.ctx.is_main:
+        return "rank 0 says which checkpoint holds the run"
+    saved = run.saved if run is not None else None
+    if run is None or run.writing:  # interrupted while starting, or inside a write: ask the file
+        try:
+            saved = SavedPoint.of(path, read_checkpoint(path)) if path.is_file() else None
+        except (CheckpointError, KeyError, ValueError):
+            saved = None
+    if saved is None:
+        return f"no checkpoint was written in {output_dir} yet"
+    return saved.describe()
+
+
 def _save_inside_epoch(run: TrainingRun, epoch: int, steps_done: int, stats_sums: StepStats, skipped: int) -> None:
     """Checkpoint after ``steps_done`` steps of epoch ``epoch`` (0-based), with what the rest of
     the epoch needs from every process (a collective: all ranks call it at the same step)."""
@@ -272,8 +381,9 @@ def _save_inside_epoch(run: TrainingRun, epoch: int, steps_done: int, stats_sums
     if ctx.is_main:
         state = training_state(run.distiller, run.config, epoch, run.steps_per_epoch, ctx.world_size,
                                run.global_batch, epoch_step=steps_done, log_position=run.run_log.position(),
-                               mid_epoch={"ranks": ranks, "collapse": run.collapse.state_dict()})
-        save_checkpoint(state, run.output_dir / CHECKPOINT_NAME)
+                               mid_epoch={"ranks": ranks, "collapse": run.collapse.state_dict()},
+                               data=_data_record(run))
+        _save(run, state)
     barrier()
 
 
@@ -340,7 +450,7 @@ def train_one_epoch(run: TrainingRun, epoch: int, progress: tqdm) -> dict[str, f
 
 def train(
     config: Config, output_dir: str | Path, init_from: Optional[str] = None, stop_after_epochs: Optional[int] = None,
-    monitors: Sequence[RunMonitor] = (), alone: bool = False,
+    monitors: Sequence[RunMonitor] = (), alone: bool = False, allow_data_change: bool = False,
 ) -> TrainResult:
     """Pretrain (or resume) a DINO run in ``output_dir``; exports the teacher backbone at the end.
 
@@ -348,15 +458,33 @@ def train(
     no export), leaving a run that a later call resumes. ``monitors`` look at the networks after
     each epoch and after training (main process only); their records go to ``log.jsonl``.
     ``alone`` trains in this process only, even under torchrun (see :func:`build_run`).
+    ``allow_data_change``: resume even if the training set changed since the checkpoint.
+
+    The main process holds the run folder's lock (:mod:`dinossl.runtime.folder_lock`) from before
+    it reads the folder until the run ends: a second run on the folder stops with FolderInUse.
+    Ctrl-C raises :class:`RunInterrupted`, which says which checkpoint holds the work; a
+    data-loading worker that dies ends the run with a LoaderFailure that says the same.
     """
     ctx = (local_context(config.train.device) if alone
            else init_distributed(config.train.device, config.train.dist_timeout_s))
     run: Optional[TrainingRun] = None
     try:
-        run = build_run(config, output_dir, init_from, ctx)
-        with run.signals:
-            return _train(run, stop_after_epochs, monitors)
+        with folder_lock(check_writable(output_dir), "dino train", ctx):
+            try:
+                run = build_run(config, output_dir, init_from, ctx, allow_data_change)
+                with run.signals:
+                    return _train(run, stop_after_epochs, monitors)
+            finally:  # before the lock is released
+                if run is not None:
+                    run.run_log.close()
+    except KeyboardInterrupt as exc:
+        raise RunInterrupted(_where_the_work_is(run, output_dir)) from exc
     except (RuntimeError, dist.DistError) as exc:
+        worker = _dead_loader_worker(exc)
+        if worker is not None:
+            raise LoaderFailure(f"data-loading {worker}; {_where_the_work_is(run, output_dir)}. Too little memory is "
+                                "the usual cause (the kernel's out-of-memory killer): lower data.num_workers or "
+                                "train.batch_size_per_process, then run the same command to resume") from exc
         if ctx.distributed and is_peer_failure(exc):
             raise PeerFailure(
                 f"rank {ctx.rank}: lost contact with another process of the run "
@@ -364,10 +492,21 @@ def train(
             ) from exc
         raise
     finally:  # every exit: success, stop, bad data, non-finite loss, lost peer, interrupt
-        if run is not None:
-            run.run_log.close()
         if ctx.owns_process_group:
             shutdown_distributed()
+
+
+_WORKER_DIED = re.compile(r"DataLoader worker \(pid(?:\(s\))? ([\d, ]+)\) "
+                          r"(is killed by signal: [^.]*|exited unexpectedly)")
+
+
+def _dead_loader_worker(exc: BaseException) -> Optional[str]:
+    """'worker pid 123 is killed by signal: Killed' when ``exc`` is torch's report of a
+    DataLoader worker that died; None otherwise."""
+    found = _WORKER_DIED.search(str(exc))
+    if found is None:
+        return None
+    return f"worker pid {found.group(1).strip()} {found.group(2).strip()}"
 
 
 def _report(run: TrainingRun, report: Optional[MonitorReport], progress: Optional[tqdm] = None) -> None:
@@ -418,8 +557,8 @@ def _train(run: TrainingRun, stop_after_epochs: Optional[int], monitors: Sequenc
                                    "teacher_temp": float(run.schedules.teacher_temp[epoch]),
                                    "center_norm": run.distiller.loss_fn.center.norm().item()})
                 state = training_state(run.distiller, cfg, epoch + 1, run.steps_per_epoch, ctx.world_size,
-                                       run.global_batch, log_position=run.run_log.position())
-                save_checkpoint(state, run.output_dir / CHECKPOINT_NAME)
+                                       run.global_batch, log_position=run.run_log.position(), data=_data_record(run))
+                _save(run, state)
                 if cfg.train.keep_every and (epoch + 1) % cfg.train.keep_every == 0:
                     save_checkpoint(state, run.output_dir / KEPT_CHECKPOINT.format(epoch=epoch + 1))
                 for monitor in monitors:

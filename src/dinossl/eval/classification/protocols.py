@@ -59,6 +59,7 @@ from dinossl.inference import BackboneHarness, TransformedImages, describe_backb
 from dinossl.inference.identity import local_weights
 from dinossl.eval.validation import require_non_negative, require_positive
 from dinossl.outputs import check_writable, default_output_folder, usable_output_folder
+from dinossl.runtime.folder_lock import folder_lock
 from dinossl.runtime.distributed import (
     DistContext,
     all_reduce,
@@ -278,24 +279,25 @@ def _run(target: EvalTarget, evaluation: str, images: ImageSettings, body: Body,
     owns_group = not (dist.is_available() and dist.is_initialized())
     ctx = init_distributed(target.device, target.dist_timeout_s)
     try:
-        backbone = harness.place(backbone, ctx.device).module
-        cache = None
-        if target.features_dir is not None:
-            cache = FeatureCache(Path(target.features_dir), target.weights_identity())
-        start = time.perf_counter()
-        protocol, settings, results = body(backbone, splits, ctx, cache, folder)
-        record = {
-            "evaluation": evaluation, "protocol": protocol,
-            "weights": harness.describe(backbone),
-            "backbone": describe_backbone(backbone), "data": splits.describe(), "settings": settings,
-            "results": results, "processes": ctx.world_size, "device": str(ctx.device),
-            "wall_s": round(time.perf_counter() - start, 1),
-        }
-        if ctx.is_main:
-            write_results(output, record, overwrite=target.overwrite or resuming)
-            log.info("results written to %s", output)
-        barrier()
-        return record if ctx.is_main else None
+        with folder_lock(folder, f"dino eval {evaluation}", ctx):  # one process per output folder
+            backbone = harness.place(backbone, ctx.device).module
+            cache = None
+            if target.features_dir is not None:
+                cache = FeatureCache(Path(target.features_dir), target.weights_identity())
+            start = time.perf_counter()
+            protocol, settings, results = body(backbone, splits, ctx, cache, folder)
+            record = {
+                "evaluation": evaluation, "protocol": protocol,
+                "weights": harness.describe(backbone),
+                "backbone": describe_backbone(backbone), "data": splits.describe(), "settings": settings,
+                "results": results, "processes": ctx.world_size, "device": str(ctx.device),
+                "wall_s": round(time.perf_counter() - start, 1),
+            }
+            if ctx.is_main:
+                write_results(output, record, overwrite=target.overwrite or resuming)
+                log.info("results written to %s", output)
+            barrier()
+            return record if ctx.is_main else None
     finally:  # every exit, errors included
         if owns_group:
             shutdown_distributed()

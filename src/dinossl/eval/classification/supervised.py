@@ -13,6 +13,7 @@ from torch.utils.data import DataLoader, Dataset, DistributedSampler, Sampler, S
 from dinossl.eval.features import shard_indices
 from dinossl.inference import collate_indexed
 from dinossl.runtime.distributed import DistContext, all_reduce
+from dinossl.runtime.cores import cap_workers
 
 
 def per_process_batch(global_batch: int, ctx: DistContext) -> int:
@@ -53,7 +54,7 @@ def training_loader(
         sampler = EpochShuffle(len(dataset), seed)
     return DataLoader(
         dataset, batch_size=batch, sampler=sampler, drop_last=len(dataset) >= batch * ctx.world_size,
-        num_workers=num_workers, collate_fn=collate, pin_memory=ctx.device.type == "cuda",
+        num_workers=cap_workers(num_workers), collate_fn=collate, pin_memory=ctx.device.type == "cuda",
     )
 
 
@@ -79,7 +80,7 @@ def evaluation_loader(
     """In order, no padding: this process's contiguous slice under torchrun."""
     if ctx.distributed:
         dataset = Subset(dataset, shard_indices(len(dataset), ctx.rank, ctx.world_size).tolist())
-    return DataLoader(dataset, batch_size=batch_size, shuffle=False, num_workers=num_workers,
+    return DataLoader(dataset, batch_size=batch_size, shuffle=False, num_workers=cap_workers(num_workers),
                       collate_fn=collate, pin_memory=ctx.device.type == "cuda")
 
 
