@@ -116,7 +116,7 @@ def test_named_tests_exist(page):
 # Module paths and command-line flags the pages name
 # --------------------------------------------------------------------------------------------
 
-MODULE_PATH = re.compile(r"\bdinossl(?:\.[A-Za-z_]\w*)+")
+MODULE_PATH = re.compile(r"(?<![\w./-])dinossl(?:\.[A-Za-z_]\w*)+")  # not a file name (.dinossl.lock)
 FROM_IMPORT = re.compile(r"^[ \t]*from[ \t]+(dinossl(?:\.\w+)*)[ \t]+import[ \t]+(?:\(([\w\s,]+)\)|([\w \t,]+))",
                          re.MULTILINE)
 COMMAND = re.compile(r"(?:^|[\s(`;&|])(?:dino|-m dinossl)\s+([^`|;&#>]*)")
@@ -161,6 +161,7 @@ def test_module_path_checker_fails_on_a_wrong_path():
     assert resolve("dinossl.eval.classification.knn.paired_bootstrap_interval")
     assert not resolve("dinossl.eval.protocols")
     assert not resolve("dinossl.hub.no_such_model")
+    assert named_module_paths("remove run/.dinossl.lock, see dinossl.outputs.LOCK_NAME") == {"dinossl.outputs.LOCK_NAME"}
     assert named_module_paths("from dinossl.weights import load_backbone, load_network\n") == {
         "dinossl.weights", "dinossl.weights.load_backbone", "dinossl.weights.load_network"}
 
