@@ -13,9 +13,13 @@ from dinossl.train import build_run, train
 from tests.train.test_trainer import tiny_config
 
 
-def _cheap(monitor: SampleKnnMonitor, queries: int = 300) -> SampleKnnMonitor:
-    monitor.query_source.pixels = monitor.query_source.pixels[:queries]
-    monitor.query_source.labels = monitor.query_source.labels[:queries]
+def _cheap(monitor: SampleKnnMonitor, queries: int = 300, bank: int | None = None) -> SampleKnnMonitor:
+    """``queries`` held-out images (and ``bank`` bank images), every n-th: the sample is ordered by
+    class, so its first images would be one or two classes only."""
+    for source, count in ((monitor.query_source, queries), (monitor.bank_source, bank)):
+        if count is not None:
+            step = len(source) // count
+            source.pixels, source.labels = source.pixels[::step][:count], source.labels[::step][:count]
     return monitor
 
 
@@ -51,9 +55,7 @@ def test_the_trainer_logs_what_the_monitor_reports(tmp_path, tiny_image_folder):
 def test_the_student_is_scored_beside_the_teacher(tmp_path, tiny_image_folder):
     config = tiny_config(tiny_image_folder, "train.knn_student=true")
     monitor = KnnDuringTraining(config, every=1, at_end=True, student=config.train.knn_student)
-    scorer = monitor._scorer = _cheap(SampleKnnMonitor(32, torch.device("cpu")), 200)
-    scorer.bank_source.pixels = scorer.bank_source.pixels[:1000]
-    scorer.bank_source.labels = scorer.bank_source.labels[:1000]
+    scorer = monitor._scorer = _cheap(SampleKnnMonitor(32, torch.device("cpu")), 200, bank=1000)
     result = train(config, tmp_path / "run", monitors=[monitor])
     records = [json.loads(line) for line in (tmp_path / "run" / "log.jsonl").read_text().splitlines()]
     per_epoch = [r for r in records if r["kind"] == "knn"]
@@ -68,21 +70,28 @@ def test_the_student_is_scored_beside_the_teacher(tmp_path, tiny_image_folder):
     assert resumed.distiller.student.training  # scoring put it back in training mode
 
 
-def test_the_gain_is_the_given_teacher_against_the_network_the_run_started_from(tmp_path, tiny_image_folder):
-    """With a teacher that is not the run's initial network (here: built from another seed), the
-    report scores that teacher, and as random init the network rebuilt from the run's seed: each
-    equal to a direct scoring, the gain's interval around their difference."""
+class MeanSubtractedPixels(torch.nn.Module):
+    """Features that beat a random-init ViT: each image's normalised pixels, its mean subtracted."""
+
+    def forward(self, images: torch.Tensor) -> torch.Tensor:
+        pixels = images.flatten(1)
+        return pixels - pixels.mean(dim=1, keepdim=True)
+
+
+def test_the_gain_is_the_given_teacher_against_the_network_the_run_started_from(tiny_image_folder):
+    """Given a teacher other than the run's initial network (here: pixel features), the report
+    scores that teacher, and as random init the network rebuilt from the run's seed, each equal to
+    a direct scoring; the gain's interval holds their difference and lies above zero."""
     from dinossl.models import build_network
 
     config = tiny_config(tiny_image_folder)
-    monitor = _cheap(SampleKnnMonitor(32, torch.device("cpu")))
+    monitor = _cheap(SampleKnnMonitor(32, torch.device("cpu")), 300, bank=2000)
     torch.manual_seed(config.train.seed)
     started_from = build_network(config.model, student=True).backbone
-    torch.manual_seed(config.train.seed + 1)
-    other = build_network(config.model, student=True).backbone
-    result = knn_against_random_init(config, other, monitor)
-    assert result["random_init"] == monitor.top1(started_from) and result["trained"] == monitor.top1(other)
+    result = knn_against_random_init(config, MeanSubtractedPixels(), monitor)
+    assert result["random_init"] == monitor.top1(started_from)
+    assert result["trained"] == monitor.top1(MeanSubtractedPixels())
     gain = result["trained"] - result["random_init"]
-    assert abs(gain) >= 2.0  # measured: 300 queries, seed 0 vs. seed 1 networks differ by more (see below)
     low, high = result["gain_ci95"]
-    assert low <= gain <= high and low < high
+    # measured (2-core x86 CPU): random init 25.67 %, pixels 33.67 %, gain +8.00 (interval +1.67 to +14.33)
+    assert 0.0 < low <= gain <= high
