@@ -100,3 +100,21 @@ def test_bf16_precision_runs_the_forward_pass_under_autocast(weights):
     fp32 = BackboneHarness(weights, device="cpu").load()
     assert fp32.dtype is None
 
+
+
+@pytest.mark.gpu
+def test_on_a_gpu_the_pass_matches_the_cpu_and_bf16_stays_close(weights, tmp_path):
+    paths = _images(tmp_path, 6)
+    cpu = BackboneHarness(weights, device="cpu", batch_size=4, num_workers=0)
+    gpu = BackboneHarness(weights, device="cuda", batch_size=4, num_workers=2, tf32=False)
+    expected = cpu.load().collect(cpu.loader(ImageFiles(paths, TRANSFORM))).values
+    loaded = gpu.load()
+    assert loaded.device.type == "cuda" and next(loaded.module.parameters()).is_cuda
+    found = loaded.collect(gpu.loader(ImageFiles(paths, TRANSFORM), loaded.device))
+    torch.testing.assert_close(found.values, expected, rtol=1e-4, atol=1e-4)  # IEEE fp32 on both
+    half = BackboneHarness(weights, device="cuda", precision="bf16", batch_size=4, num_workers=0).load()
+    assert half.dtype == torch.bfloat16
+    low = half.collect(gpu.loader(ImageFiles(paths, TRANSFORM), half.device)).values
+    assert low.dtype == torch.float32
+    cosine = torch.nn.functional.cosine_similarity(low, expected)
+    assert bool((cosine > 0.99).all())
