@@ -267,7 +267,8 @@ def test_gpu_crops_equal_the_cpu_crops_of_the_same_boxes_with_batches_in_flight(
     """The decoder's stream race, under load: while the training stream is kept busy (long
     matmuls queued, never waited for) and the allocator churns, three epochs of GPU batches are
     decoded and cut on the side stream and used on the training stream; every crop equals the
-    CPU cut of the same nvJPEG-decoded pixels and boxes to rounding (one grey level)."""
+    CPU cut of the same nvJPEG-decoded pixels and boxes to rounding (a race shows as whole
+    blocks of wrong pixels, not as stray grey levels)."""
     source = ImageFolder(jpeg_folder)
     sampler = ShardedEpochSampler(len(source), batch_size=4, seed=2)
     cuda = torch.device("cuda", torch.cuda.current_device())
@@ -294,4 +295,5 @@ def test_gpu_crops_equal_the_cpu_crops_of_the_same_boxes_with_batches_in_flight(
     for batch_got, batch_expected in zip(got, expected):
         for a, b in zip(batch_got, batch_expected):
             difference = (a.cpu().int() - b.int()).abs()
-            assert difference.max() <= 1 and difference.float().mean() < 0.01
+            # float sums in another order: a pixel of the 8-bit intermediate may round the other way
+            assert difference.max() <= 2 and difference.float().mean() < 0.01
