@@ -166,6 +166,18 @@ def test_module_path_checker_fails_on_a_wrong_path():
         "dinossl.weights", "dinossl.weights.load_backbone", "dinossl.weights.load_network"}
 
 
+REPOSITORY_PATH = re.compile(r"`((?:src/dinossl|benchmarks|scripts|tests|\.ci|figures)/[\w./-]*)")
+
+
+@pytest.mark.parametrize("page", PAGES, ids=lambda p: str(p.relative_to(REPO)))
+def test_named_repository_paths_exist(page):
+    """Every file or folder of the repository a page names in code (`src/dinossl/...`,
+    `benchmarks/...`, `scripts/...`, `tests/...`) exists."""
+    missing = sorted({path for path in REPOSITORY_PATH.findall(page.read_text(encoding="utf-8"))
+                      if not (REPO / path.rstrip(".")).exists()})
+    assert not missing, f"{page.relative_to(REPO)} names paths that do not exist: {missing}"
+
+
 def subcommands(parser: argparse.ArgumentParser) -> dict[str, argparse.ArgumentParser]:
     for action in parser._actions:
         if isinstance(action, argparse._SubParsersAction):
