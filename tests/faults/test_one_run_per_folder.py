@@ -177,22 +177,26 @@ def test_under_torchrun_only_rank_0_holds_the_lock_and_every_rank_hears_a_refusa
     assert "pid" not in results[1][1] and "error" not in results[1][1]  # rank 0 alone prints the refusal
 
 
-def test_a_study_and_an_evaluation_on_a_folder_in_use_stop_with_one_line(tmp_path, tiny_image_folder, tiny_run,
+def test_every_resumable_command_on_a_folder_in_use_stops_with_one_line(tmp_path, tiny_image_folder, tiny_run,
                                                                           capsys):
-    study_out, eval_out = tmp_path / "study", tmp_path / "eval"
-    holders = [_hold_in_child(study_out), _hold_in_child(eval_out)]
-    try:
-        status = main(["study", "collapse", *TINY_OVERRIDES, f"data.path={tiny_image_folder}", "--no-figure",
-                       "--output", str(study_out)])
-        errors = _error_lines(capsys)
-        assert status == 2 and len(errors) == 1 and f"pid {holders[0].pid}" in errors[0], errors
-        status = main(["eval", "linear", str(tiny_run / "teacher_backbone.pth"), "--train", str(tiny_image_folder),
-                       "--val", str(tiny_image_folder), "--output", str(eval_out), "linear.epochs=1"])
-        errors = _error_lines(capsys)
-        assert status == 2 and len(errors) == 1 and f"pid {holders[1].pid}" in errors[0], errors
-    finally:
-        for holder in holders:
+    """`dino study`, `dino eval linear` (its probe checkpoint), `dino dedupe` (its index) and
+    `dino embed` (its shards), each on a folder another process holds."""
+    weights = str(tiny_run / "teacher_backbone.pth")
+    commands = {
+        "study": ["study", "collapse", *TINY_OVERRIDES, f"data.path={tiny_image_folder}", "--no-figure"],
+        "eval": ["eval", "linear", weights, "--train", str(tiny_image_folder), "--val", str(tiny_image_folder),
+                 "linear.epochs=1", "images.resize=36", "images.crop=32"],
+        "dedupe": ["dedupe", weights, str(tiny_image_folder), "--imsize", "32"],
+        "embed": ["embed", weights, "--data", str(tiny_image_folder)],
+    }
+    for name, argv in commands.items():
+        out = tmp_path / name
+        holder = _hold_in_child(out)
+        try:
+            status = main([*argv, "--output", str(out)])
+            errors = _error_lines(capsys)
+        finally:
             holder.kill()
             holder.wait()
-    assert sorted(p.name for p in study_out.iterdir()) == [LOCK_NAME]  # the holder's, nothing else written
-    assert sorted(p.name for p in eval_out.iterdir()) == [LOCK_NAME]
+        assert status == 2 and len(errors) == 1 and f"pid {holder.pid} on host" in errors[0], (name, errors)
+        assert sorted(p.name for p in out.iterdir()) == [LOCK_NAME], name  # the holder's; nothing else written

@@ -50,6 +50,7 @@ from dinossl.inference.outputs import forward_outputs
 from dinossl.outputs import usable_output_folder
 from dinossl.runtime.cores import cap_workers
 from dinossl.runtime.distributed import DistContext, barrier, init_distributed, shutdown_distributed
+from dinossl.runtime.folder_lock import folder_lock
 
 log = logging.getLogger("dinossl")
 
@@ -302,34 +303,35 @@ def run_embed(harness: BackboneHarness, data: str | Path, output: str | Path,
     owns_group = not (torch.distributed.is_available() and torch.distributed.is_initialized())
     ctx: DistContext = init_distributed(harness.device, dist_timeout_s)
     try:
-        loaded = harness.place(module, ctx.device)
-        writer = ShardWriter(output, settings.images_per_shard, settings.format, settings.dtype)
-        if ctx.is_main:
-            output.mkdir(parents=True, exist_ok=True)
-            write_json(output / RUN_RECORD, record)
-        barrier()
-        shards = writer.shards(len(files))
-        mine = [s for s in range(ctx.rank, shards, ctx.world_size) if not writer.is_done(s)]
-        if resuming and ctx.is_main:
-            log.info("resuming: %d of %d shards to write", len(mine), shards)
-        todo = sum(len(writer.span(s, len(files))) for s in mine)
-        with tqdm(total=todo, disable=not harness.progress or not ctx.is_main, desc="embed", unit="img",
-                  smoothing=0.1) as bar:
-            for shard in mine:
-                rows = embed_span(loaded, files, names, writer.span(shard, len(files)), settings,
-                                  harness.batch_size, harness.num_workers, bar)
-                writer.write(shard, rows)
-        barrier()
-        manifest = None
-        if ctx.is_main:
-            manifest = writer.finish(shards, {
-                "command": "dino embed", "weights": harness.describe(loaded),
-                "architecture": describe_backbone(loaded.module), "data": record["data"],
-                "listing_sha256": record["listing_sha256"], "images": len(files), "settings": asdict(settings),
-                "descriptor": _describe_descriptor(settings), "dtype": settings.dtype, "format": settings.format,
-                "images_per_shard": settings.images_per_shard, "processes": ctx.world_size})
-        barrier()
-        return manifest
+        with folder_lock(output, "dino embed", ctx):  # one process per output folder (rank 0 holds it)
+            loaded = harness.place(module, ctx.device)
+            writer = ShardWriter(output, settings.images_per_shard, settings.format, settings.dtype)
+            if ctx.is_main:
+                output.mkdir(parents=True, exist_ok=True)
+                write_json(output / RUN_RECORD, record)
+            barrier()
+            shards = writer.shards(len(files))
+            mine = [s for s in range(ctx.rank, shards, ctx.world_size) if not writer.is_done(s)]
+            if resuming and ctx.is_main:
+                log.info("resuming: %d of %d shards to write", len(mine), shards)
+            todo = sum(len(writer.span(s, len(files))) for s in mine)
+            with tqdm(total=todo, disable=not harness.progress or not ctx.is_main, desc="embed", unit="img",
+                      smoothing=0.1) as bar:
+                for shard in mine:
+                    rows = embed_span(loaded, files, names, writer.span(shard, len(files)), settings,
+                                      harness.batch_size, harness.num_workers, bar)
+                    writer.write(shard, rows)
+            barrier()
+            manifest = None
+            if ctx.is_main:
+                manifest = writer.finish(shards, {
+                    "command": "dino embed", "weights": harness.describe(loaded),
+                    "architecture": describe_backbone(loaded.module), "data": record["data"],
+                    "listing_sha256": record["listing_sha256"], "images": len(files), "settings": asdict(settings),
+                    "descriptor": _describe_descriptor(settings), "dtype": settings.dtype, "format": settings.format,
+                    "images_per_shard": settings.images_per_shard, "processes": ctx.world_size})
+            barrier()
+            return manifest
     finally:
         if owns_group:
             shutdown_distributed()

@@ -38,7 +38,8 @@ from dinossl.eval.image_input import open_image
 from dinossl.inference import BackboneHarness, weights_sha256
 from dinossl.inference.feature_shards import FeatureFolder, load_features
 from dinossl.runtime.device import resolve_device
-from dinossl.outputs import check_writable, default_output_folder
+from dinossl.outputs import LOCK_NAME, check_writable, default_output_folder
+from dinossl.runtime.folder_lock import folder_lock
 from dinossl.eval.retrieval.contact_sheet import contact_sheet
 from dinossl.eval.retrieval.descriptors import (
     DescriptorSpec,
@@ -65,7 +66,7 @@ log = logging.getLogger("dinossl")
 INDEX = "index"
 DEDUPE_FILES = ("pairs.csv", "groups.json", "contact_sheet.png")
 QUERY_FILES = ("neighbours.csv", "neighbours.json")
-KNOWN_ENTRIES = frozenset({INDEX, *DEDUPE_FILES, *QUERY_FILES})
+KNOWN_ENTRIES = frozenset({INDEX, LOCK_NAME, *DEDUPE_FILES, *QUERY_FILES})
 
 
 @dataclass(frozen=True)
@@ -326,13 +327,14 @@ def run_dedupe(run: BackboneHarness, folder: str | Path, settings: DedupeSetting
     """Index ``folder``, find the pairs above the threshold and their groups, write the
     results; returns the summary written in groups.json."""
     out, files, names, identity = _prepare(run, folder, settings, output, overwrite, DEDUPE_FILES)
-    loaded = run.load()
-    backbone, device = loaded.module, loaded.device
-    settings.spec.check(backbone)
-    store, report = index_images(backbone, files, out / INDEX, identity, settings, run, device, overwrite, names)
-    return _find_and_write(out, Path(folder), store, names, settings, device,
-                           {"index": report.describe(), "settings": _settings_record(settings, run),
-                            "weights": run.describe(backbone)})
+    with folder_lock(out, "dino dedupe"):  # one process per output folder
+        loaded = run.load()
+        backbone, device = loaded.module, loaded.device
+        settings.spec.check(backbone)
+        store, report = index_images(backbone, files, out / INDEX, identity, settings, run, device, overwrite, names)
+        return _find_and_write(out, Path(folder), store, names, settings, device,
+                               {"index": report.describe(), "settings": _settings_record(settings, run),
+                                "weights": run.describe(backbone)})
 
 
 def _find_and_write(out: Path, folder: Path, store: Any, names: Sequence[str], settings: DedupeSettings,
@@ -433,39 +435,40 @@ def run_query(run: BackboneHarness, folder: str | Path, queries: Sequence[str | 
             raise DataError(f"query image {path} does not exist")
         open_image(path)  # DataError when it cannot be decoded
     out, files, names, identity = _prepare(run, folder, settings, output, overwrite, QUERY_FILES)
-    loaded = run.load()
-    backbone, device = loaded.module, loaded.device
-    settings.spec.check(backbone)
-    store, report = index_images(backbone, files, out / INDEX, identity, settings, run, device, overwrite, names)
-    rows = store.readable_rows()
-    whitening = folder_whitening(store, rows, settings.tile) if settings.whiten else None
-    described = describe_images(backbone, [ImageRequest(q) for q in query_files], settings.resize, settings.spec,
-                                device=device, batch_size=run.batch_size, num_workers=0, label="queries")
-    k = min(settings.top_k, len(rows))
-    sims, idx = nearest_neighbours(RowSubset(store.features, rows), F.normalize(described.descriptors, dim=1), k,
-                                   bank_chunk=settings.tile, transform=whitening, device=device,
-                                   backend=settings.backend)
-    neighbours = []
-    for q, (row_sims, row_idx) in enumerate(zip(sims.cpu().tolist(), idx.cpu().tolist())):
-        neighbours.append({"query": str(query_files[q]),
-                           "neighbours": [{"path": names[int(rows[j])], "similarity": round(s, 6)}
-                                          for s, j in zip(row_sims, row_idx)]})
-    record = {"summary": {"command": "dedupe --query", "folder": str(Path(folder).resolve()), "top_k": k,
-                          "index": report.describe(),
-                          "whitening": whitening.describe() if whitening is not None else None,
-                          "settings": _settings_record(settings, run), "weights": run.describe(backbone),
-                          "paths": "relative to folder"},
-              "queries": neighbours}
-    out.mkdir(parents=True, exist_ok=True)
+    with folder_lock(out, "dino dedupe"):  # one process per output folder
+        loaded = run.load()
+        backbone, device = loaded.module, loaded.device
+        settings.spec.check(backbone)
+        store, report = index_images(backbone, files, out / INDEX, identity, settings, run, device, overwrite, names)
+        rows = store.readable_rows()
+        whitening = folder_whitening(store, rows, settings.tile) if settings.whiten else None
+        described = describe_images(backbone, [ImageRequest(q) for q in query_files], settings.resize, settings.spec,
+                                    device=device, batch_size=run.batch_size, num_workers=0, label="queries")
+        k = min(settings.top_k, len(rows))
+        sims, idx = nearest_neighbours(RowSubset(store.features, rows), F.normalize(described.descriptors, dim=1), k,
+                                       bank_chunk=settings.tile, transform=whitening, device=device,
+                                       backend=settings.backend)
+        neighbours = []
+        for q, (row_sims, row_idx) in enumerate(zip(sims.cpu().tolist(), idx.cpu().tolist())):
+            neighbours.append({"query": str(query_files[q]),
+                               "neighbours": [{"path": names[int(rows[j])], "similarity": round(s, 6)}
+                                              for s, j in zip(row_sims, row_idx)]})
+        record = {"summary": {"command": "dedupe --query", "folder": str(Path(folder).resolve()), "top_k": k,
+                              "index": report.describe(),
+                              "whitening": whitening.describe() if whitening is not None else None,
+                              "settings": _settings_record(settings, run), "weights": run.describe(backbone),
+                              "paths": "relative to folder"},
+                  "queries": neighbours}
+        out.mkdir(parents=True, exist_ok=True)
 
-    def write_csv(tmp: str) -> None:
-        with open(tmp, "w", newline="") as handle:
-            writer = csv.writer(handle)
-            writer.writerow(("query", "rank", "path", "similarity"))
-            for entry in neighbours:
-                for rank, hit in enumerate(entry["neighbours"], start=1):
-                    writer.writerow((entry["query"], rank, hit["path"], f"{hit['similarity']:.6f}"))
+        def write_csv(tmp: str) -> None:
+            with open(tmp, "w", newline="") as handle:
+                writer = csv.writer(handle)
+                writer.writerow(("query", "rank", "path", "similarity"))
+                for entry in neighbours:
+                    for rank, hit in enumerate(entry["neighbours"], start=1):
+                        writer.writerow((entry["query"], rank, hit["path"], f"{hit['similarity']:.6f}"))
 
-    write_atomic(out / "neighbours.csv", write_csv)
-    _write_text(out / "neighbours.json", json.dumps(record, indent=1) + "\n")
-    return record
+        write_atomic(out / "neighbours.csv", write_csv)
+        _write_text(out / "neighbours.json", json.dumps(record, indent=1) + "\n")
+        return record
