@@ -15,7 +15,7 @@ from dinossl.weights import write_backbone
 pytest.importorskip("onnxruntime", reason="needs the onnx extra: pip install 'dinossl[onnx]'")
 pytest.importorskip("onnxscript", reason="needs the onnx extra: pip install 'dinossl[onnx]'")
 
-TOLERANCE = 1e-4  # max abs difference; measured about 2e-6 (ViT-tiny) and 3e-6 (ResNet-50)
+TOLERANCE = 1e-4  # max abs difference; measured 2.4e-6 (ViT-tiny descriptor), 3.1e-6 (its patch tokens), 1.3e-6 (ResNet-50)
 
 
 @pytest.fixture(scope="module")
