@@ -26,7 +26,7 @@ from torch import nn
 
 from dinossl.errors import DinoError
 from dinossl.eval.results import write_results
-from dinossl.inference import BackboneHarness
+from dinossl.inference import BackboneHarness, LoadedBackbone
 from dinossl.outputs import default_output_folder, usable_output_folder
 from dinossl.eval.retrieval.copydays_files import CopydaysLayout, open_copydays
 from dinossl.eval.retrieval.descriptors import (
@@ -103,7 +103,7 @@ def query_scores(ranked: torch.Tensor, similarities: torch.Tensor, positives: Se
     return {"mAP": sum(p["ap"] for p in per_query) / len(per_query), "queries": len(per_query), "per_query": per_query}
 
 
-def copydays_protocol(backbone: nn.Module, layout: CopydaysLayout, extra: ExtraImages,
+def copydays_protocol(backbone: nn.Module | LoadedBackbone, layout: CopydaysLayout, extra: ExtraImages,
                       settings: CopyDetectionSettings, run: BackboneHarness, device: torch.device) -> dict[str, Any]:
     """Descriptors, whitening, search and mAP per block (see the module docstring)."""
     common = dict(device=device, batch_size=run.batch_size, num_workers=run.workers, progress=run.progress)
@@ -160,7 +160,7 @@ def run_copydetection(run: BackboneHarness, data: str | Path, distractors: Optio
     backbone, device = loaded.module, loaded.device
     settings.spec.check(backbone)
     start = time.perf_counter()
-    results = copydays_protocol(backbone, layout, extra, settings, run, device)
+    results = copydays_protocol(loaded, layout, extra, settings, run, device)
     record = {
         "evaluation": "copydetection", "protocol": PROTOCOL,
         "weights": run.describe(backbone),

@@ -45,6 +45,7 @@ from tqdm import tqdm
 from dinossl.errors import DataError, DinoError
 from dinossl.data.images import UnreadableImage, colour_note, to_rgb
 from dinossl.eval.image_input import open_image, to_input
+from dinossl.inference import LoadedBackbone
 
 RESIZE_MODES = ("longest", "square")
 POOLINGS = ("cls", "cls+gem")
@@ -215,17 +216,19 @@ class DescriptorBatch:
 
 @torch.no_grad()
 def iter_descriptors(
-    backbone: nn.Module, requests: Sequence[ImageRequest], resize: Resize, spec: DescriptorSpec,
+    backbone: nn.Module | LoadedBackbone, requests: Sequence[ImageRequest], resize: Resize, spec: DescriptorSpec,
     device: torch.device | str = "cpu", batch_size: int = 16, num_workers: int = 0, progress: bool = False,
     label: str = "images",
 ) -> Iterator[DescriptorBatch]:
     """Describe ``requests`` in order, in batches of up to ``batch_size`` consecutive images of
-    the same input size. Unreadable images are reported, not raised."""
+    the same input size. Unreadable images are reported, not raised. ``backbone``: a module on
+    ``device``, or a :class:`~dinossl.inference.LoadedBackbone` (its device and precision)."""
     if batch_size < 1:
         raise DinoError(f"batch size must be positive, got {batch_size}")
-    spec.check(backbone)
-    backbone.eval()
-    loader = DataLoader(_Inputs(requests, resize, patch_size_of(backbone)), batch_size=None, shuffle=False,
+    loaded = backbone if isinstance(backbone, LoadedBackbone) else LoadedBackbone(backbone, torch.device(device))
+    spec.check(loaded.module)
+    loaded.module.eval()
+    loader = DataLoader(_Inputs(requests, resize, patch_size_of(loaded.module)), batch_size=None, shuffle=False,
                         num_workers=num_workers)
     indices: list[int] = []
     inputs: list[torch.Tensor] = []
@@ -236,7 +239,7 @@ def iter_descriptors(
     def flush() -> DescriptorBatch:
         nonlocal indices, inputs, unreadable, notes
         if inputs:
-            described = describe_batch(backbone, torch.stack(inputs).to(device), spec).cpu()
+            described = loaded.apply(lambda module, x: describe_batch(module, x, spec), torch.stack(inputs)).cpu()
         else:
             described = torch.empty(0, 0)
         batch = DescriptorBatch(indices, described, unreadable, seen, notes)
@@ -271,7 +274,7 @@ class Described:
 
 
 def describe_images(
-    backbone: nn.Module, requests: Sequence[ImageRequest], resize: Resize, spec: DescriptorSpec,
+    backbone: nn.Module | LoadedBackbone, requests: Sequence[ImageRequest], resize: Resize, spec: DescriptorSpec,
     device: torch.device | str = "cpu", batch_size: int = 16, num_workers: int = 0, progress: bool = False,
     label: str = "images", skip_unreadable: bool = False,
 ) -> Described:

@@ -22,7 +22,7 @@ from torch import nn
 
 from dinossl.errors import DataError, DinoError
 from dinossl.eval.results import write_results
-from dinossl.inference import BackboneHarness
+from dinossl.inference import BackboneHarness, LoadedBackbone
 from dinossl.outputs import default_output_folder, usable_output_folder
 from dinossl.eval.retrieval.benchmark_files import RevisitedBenchmark, open_revisited
 from dinossl.eval.retrieval.descriptors import (
@@ -71,7 +71,7 @@ def _query_requests(benchmark: RevisitedBenchmark, crop: bool) -> list[ImageRequ
     return [ImageRequest(path, truth.bbx if crop else None) for path, truth in zip(benchmark.query_paths, benchmark.gnd)]
 
 
-def revisited_protocol(backbone: nn.Module, benchmark: RevisitedBenchmark, settings: RetrievalSettings,
+def revisited_protocol(backbone: nn.Module | LoadedBackbone, benchmark: RevisitedBenchmark, settings: RetrievalSettings,
                        run: BackboneHarness, device: torch.device) -> dict[str, Any]:
     """Descriptors, rankings and scores of one benchmark (see the module docstring)."""
     common = dict(device=device, batch_size=run.batch_size, num_workers=run.workers, progress=run.progress)
@@ -112,7 +112,7 @@ def run_retrieval(run: BackboneHarness, data: str | Path, dataset: str, settings
     loaded = run.load()
     backbone, device = loaded.module, loaded.device
     start = time.perf_counter()
-    results = revisited_protocol(backbone, benchmark, settings, run, device)
+    results = revisited_protocol(loaded, benchmark, settings, run, device)
     record = {
         "evaluation": "retrieval", "protocol": PROTOCOL,
         "weights": run.describe(backbone), "data": benchmark.describe(),
