@@ -44,6 +44,7 @@ def test_first_component_finds_the_horses_above_chance(horses_dir):
         q, t = predicted.mean(), truth.mean()
         chance.append(q * t / (q + t - q * t))  # expected Jaccard of a random mask of share q
         whole.append(t)
+    print(f"mean Jaccard {np.mean(found):.3f}, random mask {np.mean(chance):.3f}, whole picture {np.mean(whole):.3f}")
     assert np.mean(found) > np.mean(chance) + 0.1
     assert np.mean(found) > np.mean(whole) + 0.05
 
