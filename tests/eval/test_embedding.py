@@ -5,7 +5,6 @@ from __future__ import annotations
 
 import json
 import shutil
-import sys
 from pathlib import Path
 
 import numpy as np
@@ -152,7 +151,6 @@ def test_a_folder_of_other_features_is_refused(weights, images, tmp_path, capsys
 
 
 WORKER = """
-import sys
 from dinossl.cli import main
 sys.exit(main(sys.argv[1:]))
 """
