@@ -12,8 +12,8 @@ from dinossl.inference.onnx_export import export_onnx, onnx_session
 from dinossl.models import build_resnet50, build_vit
 from dinossl.weights import write_backbone
 
-pytest.importorskip("onnxruntime", reason="needs the onnx extra: pip install 'dinossl[onnx]'")
-pytest.importorskip("onnxscript", reason="needs the onnx extra: pip install 'dinossl[onnx]'")
+pytest.importorskip("onnxruntime", reason="needs the optional onnx extra: pip install 'dinossl[onnx]'")
+pytest.importorskip("onnxscript", reason="needs the optional onnx extra: pip install 'dinossl[onnx]'")
 
 TOLERANCE = 1e-4  # max abs difference; measured 2.4e-6 (ViT-tiny descriptor), 3.1e-6 (its patch tokens), 1.3e-6 (ResNet-50)
 
