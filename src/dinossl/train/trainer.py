@@ -141,7 +141,7 @@ class TrainingRun:
     start_step: int = 0  # steps of epoch start_epoch already done (a checkpoint written inside it)
     resume_point: Optional[dict[str, Any]] = None  # that checkpoint's ``mid_epoch`` entry
     signals: PreemptionSignals = field(default_factory=PreemptionSignals)
-    fingerprint: Optional[DataFingerprint] = None  # of the training set (main process only)
+    fingerprint: Optional[DataFingerprint] = None  # of the training set, recorded in every checkpoint
     saved: Optional["SavedPoint"] = None  # the checkpoint.pth in place (main process)
     writing: bool = False  # inside a write of checkpoint.pth
 
@@ -264,8 +264,9 @@ def _data_since(checkpoint: dict[str, Any], fingerprint: DataFingerprint, path: 
                           "into a new output folder, or pass --allow-data-change to continue on the new data (the "
                           "unfinished epoch restarts in a new order)")
     epoch = int(checkpoint["epoch"]) + 1
+    how = "starts again from its first step" if checkpoint.get("epoch_step") else "runs"
     return (f"the training data changed since {path} was written: {change}; continuing on the new data "
-            f"(--allow-data-change): epoch {epoch} starts again from its first step, in the new data's order", True)
+            f"(--allow-data-change): epoch {epoch} {how} in the new data's order", True)
 
 
 def _run_log(config: Config, output_dir: Path, ctx: DistContext, purge_step: Optional[int] = None) -> RunLog:
