@@ -151,6 +151,7 @@ def test_a_folder_of_other_features_is_refused(weights, images, tmp_path, capsys
 
 
 WORKER = """
+import sys
 from dinossl.cli import main
 sys.exit(main(sys.argv[1:]))
 """
