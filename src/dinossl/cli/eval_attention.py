@@ -19,6 +19,7 @@ from dinossl.cli.common import (
 from dinossl.eval.attention.masks import MaskSettings, evaluate_masks, pair_images_with_masks
 from dinossl.eval.attention.masks_figure import write_mask_report
 from dinossl.eval.video.davis import DavisLayout
+from dinossl.eval.validation import PROTOCOLS
 from dinossl.eval.video.segmentation import PropagationSettings, evaluate_davis
 from dinossl.outputs import default_output_folder, usable_output_folder
 
@@ -37,6 +38,9 @@ VIDEO_OPTIONS = [
     option("--topk", "propagation.topk", "source patches per target patch", type=int),
     option("--context", "propagation.context", "previous frames used besides the first", type=int),
     option("--temperature", "propagation.temperature", "affinity exp(cos / T)", type=float),
+    option("--protocol", "propagation.protocol", "frames and labels in and out: dinossl, or reference for the "
+           "reference script's (long side floored to 64 px, OpenCV bilinear, std 0.228 for red, nearest-neighbour "
+           "first labels; the paper's Table 5)", choices=PROTOCOLS),
 ]
 
 

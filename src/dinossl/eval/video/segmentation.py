@@ -1,13 +1,14 @@
 """Semi-supervised video object segmentation by label propagation (DINO's DAVIS protocol).
 
-Frames are resized so the short side is 480 px and each side a multiple of the patch size
-(a stretch of under one patch, so no border is dropped). The last block's patch tokens,
-L2-normalised, are the features. The first frame's ground truth, area-averaged onto the patch
-grid, gives soft one-hot labels; each later frame takes its labels from the first frame and
-the ``context`` previous frames (their predicted soft labels) through
-:func:`~dinossl.eval.video.propagation.propagate_labels`. The soft labels are upsampled
-bilinearly to the frame size, each object's channel is min-max scaled (as in the reference
-evaluation), and the arg-max is the predicted object id.
+The last block's patch tokens of each frame, L2-normalised, are the features. The first
+frame's ground truth becomes soft labels on the patch grid; each later frame takes its labels
+from the first frame and the ``context`` previous frames (their predicted soft labels) through
+:func:`~dinossl.eval.video.propagation.propagate_labels`; the soft labels become the frame's
+mask. How frames are sized and normalised, how the first annotation reaches the grid and how
+soft labels become a mask is the ``protocol`` (:mod:`.frame_protocols`): ``dinossl`` (the
+default: short side 480 px, each side a multiple of the patch size, ImageNet normalisation,
+area-averaged first labels, upsampling straight to the frame size) or ``reference`` (the
+reference script's, mask for mask).
 
 Features, soft labels, propagation, upsampling and arg-max stay on the evaluation device; only
 each frame's (H, W) object ids come back to the host (as in the reference, which propagates on
@@ -31,7 +32,9 @@ from tqdm import tqdm
 from dinossl.errors import ConfigError, DataError
 from dinossl.eval.video.davis import DavisLayout, object_ids, read_annotation, score_sequence, summarise, write_annotation
 from dinossl.eval.frames import common_size, list_frames
-from dinossl.eval.image_input import as_rgb, open_image, plan_geometry, to_input
+from dinossl.eval.image_input import as_rgb, open_image
+from dinossl.eval.validation import PROTOCOLS
+from dinossl.eval.video.frame_protocols import frame_protocol, labels_from_soft, one_hot_grid  # noqa: F401
 from dinossl.eval.video.propagation import DEFAULT_RADIUS, DEFAULT_TEMPERATURE, DEFAULT_TOPK, propagate_labels
 from dinossl.eval.results import RESULTS_NAME, write_results
 from dinossl.inference import describe_backbone, patch_grid, patch_tokens, require_vit
@@ -48,6 +51,7 @@ class PropagationSettings:
     topk: int = DEFAULT_TOPK
     context: int = 7
     temperature: float = DEFAULT_TEMPERATURE
+    protocol: str = "dinossl"  # frames and labels in and out: "dinossl" or "reference" (frame_protocols)
 
     def __post_init__(self) -> None:
         problems = [f"{name} {value}" for name, value, ok in (
@@ -56,6 +60,7 @@ class PropagationSettings:
             ("top-k", self.topk, self.topk >= 1),
             ("context", self.context, self.context >= 0),
             ("temperature", self.temperature, self.temperature > 0),
+            ("protocol", self.protocol, self.protocol in PROTOCOLS),
         ) if not ok]
         if problems:
             raise ConfigError("invalid propagation settings: " + ", ".join(problems))
@@ -67,30 +72,6 @@ def patch_features(backbone: nn.Module, frame: torch.Tensor) -> torch.Tensor:
     rows, cols = patch_grid(backbone, frame)
     tokens = patch_tokens(backbone, frame)[0]
     return F.normalize(tokens.float(), dim=-1).T.reshape(-1, rows, cols)
-
-
-def one_hot_grid(labels: np.ndarray, ids: Sequence[int], grid: tuple[int, int],
-                 device: str | torch.device = "cpu") -> torch.Tensor:
-    """(H, W) object ids -> (C, h, w) share of each patch covered by each id (C = len(ids)) on
-    ``device``; pixels with an id outside ``ids`` (void) count as background (ids[0])."""
-    channels = np.zeros(labels.shape, dtype=np.uint8)  # at most 256 ids (a uint8 palette)
-    for channel, obj in enumerate(ids[1:], start=1):
-        channels[labels == obj] = channel
-    index = torch.from_numpy(channels).to(device).long()
-    one_hot = F.one_hot(index, len(ids)).permute(2, 0, 1).float()
-    return F.adaptive_avg_pool2d(one_hot[None], grid)[0]
-
-
-def labels_from_soft(soft: torch.Tensor, size: tuple[int, int], ids: Sequence[int]) -> np.ndarray:
-    """(C, h, w) soft labels on any device -> (H, W) uint8 object ids at ``size`` = (H, W):
-    bilinear upsampling, per-channel min-max scaling and arg-max on that device; only the
-    arg-max (one byte per pixel) is copied to the host."""
-    up = F.interpolate(soft[None], size=size, mode="bilinear", align_corners=False)[0]
-    low = up.amin(dim=(1, 2), keepdim=True)
-    high = up.amax(dim=(1, 2), keepdim=True)
-    scaled = torch.where(high > 0, (up - low) / (high - low).clamp_min(1e-12), up)
-    channel = scaled.max(dim=0).indices.to(torch.uint8)  # C <= 255 objects: ids come from a uint8 palette
-    return np.asarray(ids, dtype=np.uint8)[channel.cpu().numpy()]
 
 
 def segment_frames(backbone: nn.Module, frames: Sequence[Path], first_labels: np.ndarray,
@@ -108,16 +89,16 @@ def segment_frames(backbone: nn.Module, frames: Sequence[Path], first_labels: np
     if first_labels.shape != (height, width):
         raise DataError(f"the first annotation is {first_labels.shape[1]}x{first_labels.shape[0]}, "
                         f"its frame {frames[0].name} is {width}x{height}")
-    geometry = plan_geometry(first.size, patch, settings.short_side, fit="resize", name=str(frames[0]))
+    protocol = frame_protocol(settings.protocol, first.size, patch, settings.short_side, name=str(frames[0]))
     ids = [0] + object_ids(first_labels)
     if len(ids) == 1:
         log.warning("%s: the first annotation holds no object", frames[0])
 
     def features(picture) -> torch.Tensor:  # stays on the device
-        return patch_features(backbone, to_input(geometry.apply(picture)).to(device))
+        return patch_features(backbone, protocol.model_input(picture).to(device))
 
     first_features = features(first)
-    first_soft = one_hot_grid(first_labels, ids, geometry.grid(patch), first_features.device)
+    first_soft = protocol.first_labels(first_labels, ids, first_features.device)
     recent: deque[tuple[torch.Tensor, torch.Tensor]] = deque(maxlen=settings.context)
     yield first_labels.astype(np.uint8)
     for path in tqdm(frames[1:], desc=frames[0].parent.name, unit="frame", disable=not progress):
@@ -131,7 +112,7 @@ def segment_frames(backbone: nn.Module, frames: Sequence[Path], first_labels: np
         soft = propagate_labels(target, sources, labels, settings.radius, settings.topk, settings.temperature)
         if settings.context:
             recent.append((target, soft))
-        yield labels_from_soft(soft, (height, width), ids)
+        yield protocol.mask(soft, ids)
 
 
 def _annotations(folder: Path, frames: Sequence[Path]) -> list[Optional[Path]]:
