@@ -1,6 +1,7 @@
 """One JSON summary of a ``benchmarks/device_check.sh`` folder: each part's status and its key
-figures (test counts and skip reasons, step images/s and peak memory against the reference,
-data-pipeline images/s next to the step's, the timed CIFAR-10 run and its k-NN). Writes
+figures (the environment, test counts and skip reasons, step images/s and peak memory against
+the reference per precision, the loader's images/s per CPU core and the device pipeline's, the
+timed CIFAR-10 run and its k-NN). Writes
 OUT_DIR/summary.json and prints it.
 
     python benchmarks/device_check_summary.py OUT_DIR
@@ -48,8 +49,8 @@ def tests(folder: Path) -> Optional[dict[str, Any]]:
             "skip_reasons": sorted(reasons)}
 
 
-def compare(folder: Path) -> Optional[dict[str, Any]]:
-    report = _json(folder / "compare.json")
+def compare(folder: Path, precision: str) -> Optional[dict[str, Any]]:
+    report = _json(folder / f"compare_{precision}.json")
     if report is None:
         return None
     results = report.get("results", {})
@@ -65,30 +66,11 @@ def compare(folder: Path) -> Optional[dict[str, Any]]:
     }
 
 
-def pipeline(folder: Path, step: Optional[dict[str, Any]]) -> Optional[dict[str, Any]]:
-    report = _json(folder / "augment.json")
+def pipeline(folder: Path) -> Optional[dict[str, Any]]:
+    report = _json(folder / "pipeline.json")
     if report is None:
         return None
-    jpeg = report.get("jpeg_files", {})
-    rates = jpeg.get("images_per_s")
-    if rates is None:
-        return {"skipped": jpeg.get("skipped")}
-    summary = {"workload": jpeg.get("workload"), "images_per_s": rates}
-    package_step = (step or {}).get("images_per_s", {}).get("package")
-    if package_step:
-        summary["device_part_over_step"] = rates["device_decode_mode"]["device_part"] / package_step
-        summary["loader_workers_needed_for_the_step"] = package_step / rates["device_decode_mode"]["loader_part"]
-    return summary
-
-
-def loop(folder: Path) -> Optional[dict[str, Any]]:
-    report = _json(folder / "loop.json")
-    if report is None:
-        return None
-    return {"images_per_s": {f"{r['geometric']}/{r['photometric']}": r["images_per_s"]
-                             for r in report["results"].values()},
-            "device_decode_over_loader": report.get("compare_over_base"),
-            "batch": report["results"]["base"]["batch"], "precision": report["results"]["base"]["precision"]}
+    return {k: report.get(k) for k in ("workload", "pil", "device", "cores_needed", "load_average_before")}
 
 
 def cifar10(folder: Path) -> Optional[dict[str, Any]]:
@@ -109,16 +91,14 @@ def main() -> None:
     import torch
 
     status = [json.loads(line) for line in (args.folder / "status.jsonl").read_text().splitlines() if line.strip()]
-    step = compare(args.folder)
     summary = {
         "device_check": str(args.folder), "dry_run": args.dry_run == "1", "seconds": args.seconds,
         "machine": describe(torch.device("cuda" if torch.cuda.is_available() else "cpu")),
         "parts": status,
         "gpu_tests": tests(args.folder),
-        "compare_reference": step,
-        "data_pipeline": pipeline(args.folder, step),
-        "loop_on_jpeg_files": loop(args.folder),
-        "gpu_checks": _json(args.folder / "gpu_checks.json"),
+        "environment": _json(args.folder / "env.json"),
+        "compare_reference": {p: compare(args.folder, p) for p in ("fp32", "bf16", "fp16")},
+        "data_pipeline": pipeline(args.folder),
         "cifar10": cifar10(args.folder),
     }
     (args.folder / "summary.json").write_text(json.dumps(summary, indent=2) + "\n")
