@@ -78,8 +78,15 @@ def test_parse_override_types():
     assert parse_override("a.b=/some/path") == (["a", "b"], "/some/path")
 
 
-def test_the_shipped_presets_are_the_documented_four():
-    assert preset_names() == ["resnet50-imagenet", "vit-base-imagenet", "vit-small-imagenet", "vit-tiny-cifar"]
+def test_the_shipped_presets_are_the_documented_five():
+    assert preset_names() == ["resnet50-imagenet", "vit-base-imagenet", "vit-small-imagenet", "vit-tiny-cifar",
+                              "vit-tiny-cifar-long"]
+
+
+def test_the_long_cifar_preset_is_the_default_run_made_longer():
+    default, long = load_config("vit-tiny-cifar"), load_config("vit-tiny-cifar-long")
+    assert long.data.crops == default.data.crops and long.model == default.model and long.loss == default.loss
+    assert long.train.epochs > default.train.epochs and long.train.knn_every > 0
 
 
 def test_a_key_given_twice_in_yaml_is_refused(tmp_path):
