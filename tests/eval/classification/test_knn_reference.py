@@ -84,3 +84,29 @@ def _package_ranked(train, train_labels, test, k) -> list[list[int]]:
             scores[int(train_labels[i])] += float(np.exp(s / TEMPERATURE))
         ranked.append(sorted(range(10), key=lambda c: (-scores[c], c)))
     return ranked
+
+
+@pytest.mark.parametrize("resize, crop", [(256, 224), (32, 32)])
+def test_knn_inputs_equal_the_references_transform(cifar10_fixture, resize, crop):
+    """eval_knn.py's val transform, restated: short side to ``resize`` (PIL bicubic, the long side
+    int(resize x long / short)), center crop ``crop`` at offsets round((side - crop) / 2),
+    ToTensor, ImageNet mean/std. The package's evaluation transform gives the same tensors."""
+    from dinossl.data.augment import evaluation_transform
+
+    transform = evaluation_transform(resize, crop)
+    mean, std = torch.tensor((0.485, 0.456, 0.406))[:, None, None], torch.tensor((0.229, 0.224, 0.225))[:, None, None]
+    paths = [sorted(folder.glob("*.jpg"))[0] for folder in sorted((cifar10_fixture / "test").iterdir())]
+    for path in paths:
+        picture = Image.open(path).convert("RGB")
+        width, height = picture.size
+        short, long = min(width, height), max(width, height)
+        other = int(resize * long / short)
+        size = (resize, other) if width <= height else (other, resize)
+        resized = picture.resize(size, Image.Resampling.BICUBIC) if size != picture.size else picture
+        left, top = round((size[0] - crop) / 2), round((size[1] - crop) / 2)
+        cropped = resized.crop((left, top, left + crop, top + crop))
+        pixels = torch.from_numpy(np.asarray(cropped, dtype=np.float32).copy()).permute(2, 0, 1) / 255
+        expected = (pixels - mean) / std
+        got = transform(picture)
+        assert got.shape == expected.shape
+        torch.testing.assert_close(got, expected, atol=1e-6, rtol=0)

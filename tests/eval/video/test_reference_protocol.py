@@ -169,8 +169,7 @@ def davis_sequence(davis_dir):
 def test_reference_protocol_masks_equal_the_reference_scripts(davis_sequence):
     """Every pixel of every frame, hence the same J, on a real 854 x 480 sequence (a random
     ViT-tiny/16 with 2 blocks: its soft labels are the least decided, where rounding would show
-    first). The package's default protocol gives other masks (measured on car-shadow: 97.9 %
-    of pixels agree)."""
+    first). The package's default protocol gives other masks."""
     frames, truths = davis_sequence
     torch.manual_seed(0)
     backbone = build_vit("vit_tiny", patch_size=16, depth=2).eval()
@@ -181,6 +180,9 @@ def test_reference_protocol_masks_equal_the_reference_scripts(davis_sequence):
     differing = [int((g != e).sum()) for g, e in zip(got, expected)]
     assert differing == [0] * len(frames)
     assert score_sequence(got, truths, [1]) == score_sequence(expected, truths, [1])
+    own = list(segment_frames(backbone, frames, truths[0], PropagationSettings()))
+    agree = float(np.mean([(o == e).mean() for o, e in zip(own[1:], expected[1:])]))
+    assert 0.9 < agree < 1.0, agree  # measured: 0.9791 of the pixels of frames 1-14
 
 
 def test_trained_checkpoint_j_equals_the_reference_rule(tiny_run, davis_sequence):
