@@ -2,7 +2,7 @@
 
 Usage: python dist_worker.py SCENARIO TRAIN_ARGS...   (RANK, WORLD_SIZE, ... in the environment)
 SCENARIO: ok | nan_on_rank1 (rank 1's loss becomes NaN on its 3rd step) |
-          die_on_rank1 (rank 1's process exits abruptly on its 2nd step)
+          die_on_rank1_at_step6 (rank 1's process exits abruptly on its 6th step)
 """
 
 import os
@@ -25,7 +25,7 @@ def plant(scenario: str) -> None:
         loss, stats = original(self, *args, **kwargs)
         if scenario == "nan_on_rank1" and calls["n"] == 3:
             loss = loss * float("nan")
-        if scenario == "die_on_rank1" and calls["n"] == 2:
+        if scenario == "die_on_rank1_at_step6" and calls["n"] == 6:
             os._exit(17)
         return loss, stats
 

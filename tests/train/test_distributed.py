@@ -131,15 +131,27 @@ def test_nan_on_one_rank_stops_all_with_one_message(tmp_path, tiny_image_folder)
     assert all(torch.isfinite(v).all() for v in checkpoint["teacher"].values())
 
 
-def test_dead_peer_ends_the_other_rank_with_a_message(tmp_path, tiny_image_folder):
+def test_dead_peer_ends_the_other_rank_with_a_message_and_leaves_the_checkpoint_untouched(tmp_path,
+                                                                                          tiny_image_folder):
+    """Rank 1 dies on its 6th step, the 2nd of epoch 2 (4 steps per epoch): rank 0 stops at the
+    timeout with one message; checkpoint.pth still holds epoch 1's state, equal to the copy kept
+    after epoch 1 (train.keep_every=1), with no temporary file beside it; the run then resumes."""
     out = tmp_path / "run"
+    args = _args(tiny_image_folder, out, BATCH // 2, "train.epochs=2", "train.dist_timeout_s=30", "train.keep_every=1")
     started = time.monotonic()
-    results = launch("die_on_rank1", 2, _args(tiny_image_folder, out, BATCH // 2, "train.epochs=2",
-                                              "train.dist_timeout_s=30"), timeout=300)
-    assert results[1][0] == 17
+    results = launch("die_on_rank1_at_step6", 2, args, timeout=300)
+    assert results[1][0] == 17, results
     code, err = results[0]
     assert code == 2 and "lost contact with another process" in err, err
     assert time.monotonic() - started < 300
+    latest, kept = read_checkpoint(out / "checkpoint.pth"), read_checkpoint(out / "checkpoint0001.pth")
+    assert latest["epoch"] == 1 and not (out / "checkpoint0002.pth").exists()
+    for part in ("student", "teacher"):
+        assert all(torch.equal(latest[part][k], kept[part][k]) for k in kept[part]), part
+    assert not [p.name for p in out.iterdir() if p.name.endswith(".tmp")]
+    results = launch("ok", 2, args)
+    assert [code for code, _ in results] == [0, 0], results
+    assert read_checkpoint(out / "checkpoint.pth")["epoch"] == 2
 
 
 def test_peer_that_never_arrives(tmp_path, tiny_image_folder):
