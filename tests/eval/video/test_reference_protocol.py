@@ -56,7 +56,7 @@ def test_opencv_linear_resize_follows_its_fixed_point_rule(source, size):
 
 def test_opencv_linear_resize_equals_opencv(davis_dir):
     """Every pixel of cv2.resize (OpenCV is not a dependency: skipped without it)."""
-    cv2 = pytest.importorskip("cv2")
+    cv2 = pytest.importorskip("cv2", reason="OpenCV, an optional comparison (not a dependency), is not installed")
     frame = np.asarray(Image.open(sorted((davis_dir / "JPEGImages" / "480p").glob("*/00000.jpg"))[0]).convert("RGB"))
     for size in [(832, 480), (427, 240), (1000, 500), (901, 503)]:
         assert np.array_equal(opencv_linear_resize(frame, size), cv2.resize(frame, size)), size
