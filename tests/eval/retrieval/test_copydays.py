@@ -82,11 +82,13 @@ def _direct_ap(ranked, positives):
     return sum(((n / r if r else 1.0) + (n + 1) / (r + 1)) / 2 for n, r in enumerate(ranks)) / len(positives)
 
 
-@pytest.mark.parametrize("whiten", [False, True])
-def test_copydetection_command_matches_a_direct_computation(copydays_set, vit_weights, tmp_path, whiten, capsys):
+@pytest.mark.parametrize("whiten, protocol", [(False, "dinossl"), (True, "dinossl"), (True, "reference")])
+def test_copydetection_command_matches_a_direct_computation(copydays_set, vit_weights, tmp_path, whiten, protocol,
+                                                            capsys):
     out = tmp_path / "out"
     imsize = 96
     extra = ["--whitening", str(copydays_set / "whitening")] if whiten else []
+    extra += ["--protocol", protocol] if protocol != "dinossl" else []
     assert main(["eval", "copydetection", str(vit_weights), "--data", str(copydays_set / "copydays"),
                  "--distractors", str(copydays_set / "distractors"), "--imsize", str(imsize), "--output", str(out),
                  *extra, *FAST]) == 0
@@ -104,7 +106,8 @@ def test_copydetection_command_matches_a_direct_computation(copydays_set, vit_we
     if whiten:
         learning = _direct_descriptors(vit, sorted((copydays_set / "whitening").glob("*.jpg")), imsize)
         mean = learning.mean(axis=0)
-        values, vectors = np.linalg.eigh((learning - mean).T @ (learning - mean) / len(learning))
+        moment = learning if protocol == "dinossl" else learning + mean  # reference: uncentred
+        values, vectors = np.linalg.eigh((moment - mean).T @ (moment - mean) / len(learning))
         values = np.maximum(values, values.max() * 1e-5)
         transform = lambda x: (x - mean) @ vectors / np.sqrt(values)
     unit = lambda x: x / np.linalg.norm(x, axis=1, keepdims=True)
@@ -123,5 +126,7 @@ def test_copydetection_command_matches_a_direct_computation(copydays_set, vit_we
         if all(nearest_is_original):
             assert reported["mAP"] == 100.0
         assert f"{block.name}" in printed
+    assert record["settings"]["protocol"] == protocol
     if whiten:
         assert record["results"]["whitening"]["learned_on"] == 20
+        assert record["results"]["whitening"]["centred_covariance"] is (protocol == "dinossl")

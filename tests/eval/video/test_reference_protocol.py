@@ -200,3 +200,24 @@ def test_trained_checkpoint_j_equals_the_reference_rule(tiny_run, davis_sequence
     assert [int((g != e).sum()) for g, e in zip(got, expected)] == [0] * len(frames)
     j = score_sequence(got, truths, [1])[1]["J"]
     assert j == score_sequence(expected, truths, [1])[1]["J"] and 0.0 < j < 1.0
+
+
+def test_video_command_takes_the_protocol(tiny_run, davis_sequence, tmp_path):
+    """``dino eval video --protocol reference`` writes the reference protocol's masks and says so."""
+    import json
+
+    from dinossl.cli import main
+    from dinossl.weights import load_backbone
+
+    frames, truths = davis_sequence
+    weights = tiny_run / "teacher_backbone.pth"
+    out = tmp_path / "out"
+    davis = frames[0].parents[2].parent
+    assert main(["eval", "video", str(weights), "--davis", str(davis), "--max-frames", "4", "--short-side", "128",
+                 "--protocol", "reference", "--output", str(out), "--no-progress"]) == 0
+    record = json.loads((out / "results.json").read_text())
+    assert record["settings"]["protocol"] == "reference"
+    expected = list(segment_frames(load_backbone(weights).eval(), frames[:4], truths[0],
+                                   PropagationSettings(short_side=128, protocol="reference")))
+    written = [read_annotation(out / frames[0].parent.name / f"{f.stem}.png") for f in frames[:4]]
+    assert all(np.array_equal(w, e) for w, e in zip(written, expected))
