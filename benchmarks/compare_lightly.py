@@ -135,6 +135,8 @@ def run_lightly(overrides: list[str], budget_s: float, rate: float | None, probe
 
     config = _config(overrides)
     m, o, batch = config.model, config.optim, config.train.batch_size_per_process
+    if config.train.threads > 0:  # as dinossl's run applies it
+        torch.set_num_threads(config.train.threads)
     torch.manual_seed(config.train.seed)
     student_backbone = build_backbone(backbone_spec(m), drop_path_rate=m.drop_path)
     teacher_backbone = build_backbone(backbone_spec(m))
@@ -227,6 +229,8 @@ def main() -> None:
     parser.add_argument("--lightly-workers", type=int, default=1, help="DataLoader workers on the lightly side")
     parser.add_argument("--rates", type=float, nargs=2, metavar=("DINOSSL", "LIGHTLY"),
                         help="images/s to plan the schedules with, instead of measuring them first")
+    parser.add_argument("--sides", nargs="+", choices=("dinossl", "lightly"), default=["dinossl", "lightly"],
+                        help="which sides to run (default both)")
     parser.add_argument("--out", required=True, help="JSON file to write ('-': stdout)")
     parser.add_argument("--_child", help=argparse.SUPPRESS)
     parser.add_argument("--_budget", type=float, help=argparse.SUPPRESS)
@@ -253,12 +257,12 @@ def main() -> None:
                     "python": platform.python_version(), "torch": torch.__version__, "lightly": lightly.__version__},
         "preset": "vit-tiny-cifar", "overrides": args.overrides, "budgets_s": args.budgets, "runs": []}
     rates = dict(zip(("dinossl", "lightly"), args.rates or ()))
-    for side in () if args.rates else ("dinossl", "lightly"):
+    for side in () if args.rates else args.sides:
         probe = _child(args, side, max(args.budgets), None)
         rates[side] = probe["images_per_s"]
         results["runs"].append({"side": side, "probe": True, **probe})
     for budget in args.budgets:
-        for side in ("dinossl", "lightly"):
+        for side in args.sides:
             results["runs"].append({"side": side, "budget_s": budget, **_child(args, side, budget, rates[side])})
             text = json.dumps(results, indent=1) + "\n"
             if args.out == "-":
