@@ -25,8 +25,8 @@ photos (a 500 x 375 ImageNet image) are never pre-shrunk.
 
 The cost is that of the products: per crop about 3 S H W multiply-adds over the padded canvas
 (the first pass runs over the whole canvas, not just the box): for 2 x 224 + 10 x 96 crops of
-an 854 x 480 frame about 1.7 G multiply-adds per image, a few per cent of a GPU's float32
-rate at 1,500 images/s, but on a CPU several times PIL's per-image work
+an 854 x 480 frame about 1.7 G multiply-adds per image: at 1,500 images/s, roughly a tenth of an
+H100's float32 (non-tensor-core) rate; on a CPU, several times PIL's per-image work
 (``benchmarks/loader_throughput.py``).
 """
 
