@@ -15,6 +15,7 @@ import shutil
 import pytest
 
 from dinossl.cli import main
+from dinossl.train.checkpoint import read_checkpoint
 from dinossl.train.preemption import requeue_exit_status
 from tests.faults.conftest import (
     GLOBAL_BATCH,
@@ -118,11 +119,18 @@ def test_two_processes_interrupted_at_a_random_step_resume_bit_exactly(tmp_path,
     _two_processes(tmp_path, tiny_image_folder, two_process_references, geometric, signame, step)
 
 
+def _checkpoint_step(out) -> int | None:
+    """The global step checkpoint.pth holds (its SHA-256 record checked), None without one."""
+    path = out / "checkpoint.pth"
+    return read_checkpoint(path)["step"] if path.exists() else None
+
+
 def _kill_inside_writes(tmp_path, folder, reference, trials: int, seed: int):
     """``trials`` runs killed inside a checkpoint write (while the file is written, or between the
-    renames of the checkpoint and its SHA-256 record), each resumed to the end."""
+    renames of the SHA-256 record, the checkpoint and the record again), each resumed to the end.
+    A kill before the checkpoint's rename leaves its temporary file and the previous checkpoint,
+    intact (none before the first write); a kill after it leaves the new one, intact."""
     rng = random.Random(seed)
-    corrupt = 0
     for trial in range(trials):
         out = tmp_path / f"trial{trial}"
         write = rng.randint(1, 4)  # the checkpoints after steps 2, 4 (epoch end), 6 and 8 (epoch end)
@@ -131,17 +139,19 @@ def _kill_inside_writes(tmp_path, folder, reference, trials: int, seed: int):
         results = finish(start(run_args(folder, out, "batched", GLOBAL_BATCH, "train.checkpoint_every_steps=2"),
                                fault=fault))
         assert results[0][0] == -9, (fault, results)  # the fault struck
-        try:
-            assert_loadable_or_absent(out)
-        except Exception:
-            corrupt += 1
-            raise
+        before_rename = fault.startswith("in_write") or fault.endswith(":1")
+        if before_rename:
+            left = leftovers(out)  # the new checkpoint's temporary file: the kill landed inside the write
+            assert len(left) == 1 and left[0].startswith(".checkpoint.pth."), (fault, left)
+            assert _checkpoint_step(out) == (2 * (write - 1) if write > 1 else None), fault  # the old one survives
+        else:
+            assert _checkpoint_step(out) == 2 * write, fault  # the new one, renamed into place
+        assert_loadable_or_absent(out)
         resumed = finish(start(run_args(folder, out, "batched", GLOBAL_BATCH)))
         assert resumed[0][0] == 0, (fault, resumed)
         assert leftovers(out) == [], fault
         assert_same_run(reference, out)
         shutil.rmtree(out)
-    assert corrupt == 0
 
 
 def test_kills_inside_checkpoint_writes_leave_a_loadable_checkpoint_and_no_leftovers(tmp_path, tiny_image_folder,
