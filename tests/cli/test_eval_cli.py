@@ -148,6 +148,14 @@ def test_finetune_runs_end_to_end(tiny_run, cifar10_small, tmp_path):
     settings = record["settings"]
     assert (settings["label_smoothing"], settings["layer_decay"], settings["mixup"]) == (0.1, 0.75, 0.8)
     assert record["results"]["best"]["epoch"] == 1 and np.isfinite(record["results"]["history"][0]["train_loss"])
+    # The saved network (backbone and head) on val features computed here: the accuracy reported for it.
+    entry = record["results"]["history"][0]
+    prefix = {"model": "", "ema": "ema_"}[entry["saved"]]
+    head = _tensors(out.parent / "finetuned.safetensors")
+    features, labels = _direct_features(out.parent / "finetuned.safetensors", cifar10_small, "val")
+    hits = (features @ head["head.weight"].T + head["head.bias"]).argsort(dim=1, descending=True) == labels[:, None]
+    measured = tuple(100.0 * int(hits[:, :top].any(dim=1).sum()) / len(labels) for top in (1, 5))
+    assert (entry[f"{prefix}top1"], entry[f"{prefix}top5"]) == pytest.approx(measured, abs=1e-6)  # measured: 18 %, 62 %
 
 
 def _folder(root: Path, classes: dict[str, int]) -> Path:
