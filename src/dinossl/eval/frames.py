@@ -107,6 +107,15 @@ def read_video(path: str | Path) -> list[Image.Image]:
     return frames
 
 
+def check_video_settings(fps: float, video_name: str) -> None:
+    """DataError unless ``fps`` is positive and ``video_name`` a bare file name ending in .gif
+    or .mp4 (what :func:`write_video` writes), before any picture is computed."""
+    if fps <= 0:
+        raise DataError(f"fps must be positive, got {fps}")
+    if Path(video_name).suffix.lower() not in (".gif", ".mp4") or Path(video_name).name != video_name:
+        raise DataError(f"video_name must be a file name ending in .gif or .mp4, got {video_name!r}")
+
+
 def write_video(frames: Sequence[Image.Image], path: str | Path, fps: float = 10.0) -> Path:
     """Write RGB frames of one size as ``.gif`` (Pillow) or ``.mp4`` (PyAV, H.264)."""
     path = Path(path)

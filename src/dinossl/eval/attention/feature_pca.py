@@ -29,6 +29,7 @@ from tqdm import tqdm
 
 from dinossl.errors import DataError
 from dinossl.eval.attention.report import check_attention_input
+from dinossl.eval.frames import check_video_settings
 from dinossl.eval.frames import common_size, image_files, is_video_file, list_frames, read_video, write_video
 from dinossl.eval.image_input import Geometry, as_rgb, plan_geometry, read_rgb, to_input
 from dinossl.inference import LoadedBackbone, require_vit
@@ -140,10 +141,7 @@ class PcaSettings:
     def __post_init__(self) -> None:
         if self.short_side is not None and self.short_side < 1:
             raise DataError(f"short_side must be positive, got {self.short_side}")
-        if self.fps <= 0:
-            raise DataError(f"fps must be positive, got {self.fps}")
-        if Path(self.video_name).suffix.lower() not in (".gif", ".mp4") or Path(self.video_name).name != self.video_name:
-            raise DataError(f"video_name must be a file name ending in .gif or .mp4, got {self.video_name!r}")
+        check_video_settings(self.fps, self.video_name)
 
 
 def _pictures(source: Path, video: bool) -> tuple[list, list[str], bool]:

@@ -23,6 +23,7 @@ from tqdm import tqdm
 
 from dinossl.errors import DataError
 from dinossl.eval.attention.maps import DEFAULT_FRACTION, check_fraction, cls_attention, mass_mask, upsample
+from dinossl.eval.frames import check_video_settings
 from dinossl.eval.frames import common_size, image_files, is_video_file, list_frames, read_video, write_video
 from dinossl.eval.image_input import as_rgb, open_image, plan_geometry, to_input
 from dinossl.inference import require_vit
@@ -132,10 +133,7 @@ class AttentionSettings:
         check_fraction(self.fraction)
         if self.short_side is not None and self.short_side < 1:
             raise DataError(f"short_side must be positive, got {self.short_side}")
-        if self.fps <= 0:
-            raise DataError(f"fps must be positive, got {self.fps}")
-        if Path(self.video_name).suffix.lower() not in (".gif", ".mp4") or Path(self.video_name).name != self.video_name:
-            raise DataError(f"video_name must be a file name ending in .gif or .mp4, got {self.video_name!r}")
+        check_video_settings(self.fps, self.video_name)
 
 
 def check_attention_input(source: str | Path, video: bool = False) -> Path:
