@@ -5,26 +5,13 @@ from __future__ import annotations
 import argparse
 from pathlib import Path
 
-from dinossl.cli.common import (
-    HelpFormatter,
-    add_device,
-    add_output,
-    add_settings,
-    add_weights,
-    backbone_harness,
-    option,
-    read_settings,
-)
+from dinossl.cli import common
+from dinossl.cli.common import HelpFormatter, add_picture_input, add_settings, option, read_settings
 from dinossl.eval.attention.report import AttentionSettings, check_attention_input, run_attention
-from dinossl.outputs import default_output_folder, usable_output_folder
 
 SECTIONS = {"attention": AttentionSettings}
 OPTIONS = [
-    option("--short-side", "attention.short_side", "resize so the short side has PX pixels", type=int, metavar="PX"),
-    option("--fraction", "attention.fraction", "attention mass the masks keep", type=float),
-    option("--video-name", "attention.video_name", "video file written in the output folder: .gif, or .mp4 "
-           "with PyAV", metavar="NAME"),
-    option("--fps", "attention.fps", "frames per second of the video", type=float),
+    common.short_side_option("attention"), common.fraction_option("attention"), *common.video_options("attention"),
     option("--head", "attention.head", "head shown in the video (none: the mean of all heads)", type=int),
 ]
 
@@ -37,12 +24,8 @@ def register(subparsers: argparse._SubParsersAction) -> None:
         "their mean, for an image, a folder of images, or (with --video, or a .gif/.mp4 file) a numbered "
         "frame folder rendered as an attention video.",
     )
-    add_weights(parser, "; a ViT")
-    parser.add_argument("input", metavar="INPUT", help="image file, image folder, frame folder or video file")
-    add_device(parser)
-    add_output(parser, "attention-<input>-<weights>")
+    add_picture_input(parser, "attention-<input>-<weights>")
     parser.add_argument("--native-size", action="store_true", help="keep the image size (no resizing)")
-    parser.add_argument("--video", action="store_true", help="INPUT is a folder of numbered video frames")
     add_settings(parser, SECTIONS, OPTIONS)
     parser.set_defaults(func=run)
 
@@ -52,9 +35,8 @@ def run(args: argparse.Namespace) -> int:
         args.overrides = [*getattr(args, "overrides", []), "attention.short_side=null"]
     settings: AttentionSettings = read_settings(args, SECTIONS, OPTIONS)["attention"]
     source = check_attention_input(args.input, args.video)
-    output = usable_output_folder(args.output or default_output_folder("attention", args.weights, source, args.which),
-                                  args.overwrite)
-    loaded = backbone_harness(args).load()
+    output = common.output_folder(args, "attention", source)
+    loaded = common.backbone_harness(args).load()
     backbone, device = loaded.module, loaded.device
     written = run_attention(
         backbone, source, output, video=args.video, short_side=settings.short_side, fraction=settings.fraction,

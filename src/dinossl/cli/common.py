@@ -13,11 +13,13 @@ from __future__ import annotations
 import argparse
 import dataclasses
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Any, Optional
 
 from dinossl.config.merge import apply_overrides, build_dataclass, read_yaml_mapping
 from dinossl.errors import ConfigError
 from dinossl.inference import BackboneHarness
+from dinossl.outputs import default_output_folder, usable_output_folder
 from dinossl.runtime.device import DEVICE_HELP
 
 WEIGHTS_HELP = ("training checkpoint (checkpoint.pth), backbone file (.pth or .safetensors in the released layout), "
@@ -64,6 +66,23 @@ def add_output(parser: argparse.ArgumentParser, default_name: str, what: str = "
     parser.add_argument("--no-progress", action="store_true", help="no progress bar")
 
 
+def output_folder(args: argparse.Namespace, command: str, data: Any) -> Path:
+    """``--output``, or the folder named after ``command``, ``data`` and the weights; refused
+    (before any work) when it holds files and ``--overwrite`` is not given."""
+    return usable_output_folder(args.output or default_output_folder(command, args.weights, data, args.which),
+                                args.overwrite)
+
+
+def add_picture_input(parser: argparse.ArgumentParser, default_output: str) -> None:
+    """What the commands that draw on a ViT's tokens take: WEIGHTS, INPUT (an image, an image
+    folder, a numbered frame folder or a video file), ``--video``, ``--device`` and the output."""
+    add_weights(parser, "; a ViT")
+    parser.add_argument("input", metavar="INPUT", help="image file, image folder, frame folder or video file")
+    parser.add_argument("--video", action="store_true", help="INPUT is a folder of numbered video frames")
+    add_device(parser)
+    add_output(parser, default_output)
+
+
 @dataclass(frozen=True)
 class Option:
     """A command-line option that sets settings fields (``section.field``; usually one)."""
@@ -81,6 +100,25 @@ class Option:
 def option(flag: str, field: str | tuple[str, ...], help: str, **kwargs: Any) -> Option:
     fields = (field,) if isinstance(field, str) else tuple(field)
     return Option(flag, fields, help, tuple(kwargs.items()))
+
+
+def short_side_option(section: str) -> Option:
+    """``--short-side PX`` for ``section.short_side``."""
+    return option("--short-side", f"{section}.short_side", "resize so the short side has PX pixels (aspect ratio "
+                  "kept)", type=int, metavar="PX")
+
+
+def fraction_option(section: str) -> Option:
+    """``--fraction`` for ``section.fraction``: the attention mass a mask keeps."""
+    return option("--fraction", f"{section}.fraction", "attention mass the masks keep", type=float)
+
+
+def video_options(section: str) -> list[Option]:
+    """``--video-name`` and ``--fps`` of the video a picture command writes (``section.video_name``,
+    ``section.fps``)."""
+    return [option("--video-name", f"{section}.video_name", "video file written in the output folder: .gif, or .mp4 "
+                   "with PyAV", metavar="NAME"),
+            option("--fps", f"{section}.fps", "frames per second of the video", type=float)]
 
 
 def _default(sections: dict[str, type], dotted: str) -> Any:

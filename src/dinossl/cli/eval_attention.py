@@ -6,27 +6,17 @@ from __future__ import annotations
 import argparse
 from pathlib import Path
 
-from dinossl.cli.common import (
-    HelpFormatter,
-    add_device,
-    add_output,
-    add_settings,
-    add_weights,
-    backbone_harness,
-    option,
-    read_settings,
-)
+from dinossl.cli import common
+from dinossl.cli.common import HelpFormatter, add_device, add_output, add_settings, add_weights, option, read_settings
 from dinossl.eval.attention.masks import MaskSettings, evaluate_masks, pair_images_with_masks
 from dinossl.eval.attention.masks_figure import write_mask_report
 from dinossl.eval.video.davis import DavisLayout
 from dinossl.eval.validation import PROTOCOLS
 from dinossl.eval.video.segmentation import PropagationSettings, evaluate_davis
-from dinossl.outputs import default_output_folder, usable_output_folder
 
 MASKS = {"masks": MaskSettings}
 MASK_OPTIONS = [
-    option("--short-side", "masks.short_side", "resize so the short side has PX pixels", type=int, metavar="PX"),
-    option("--fraction", "masks.fraction", "attention mass the masks keep", type=float),
+    common.short_side_option("masks"), common.fraction_option("masks"),
     option("--mask-threshold", "masks.mask_threshold", "ground-truth pixels above this gray level are foreground",
            type=int),
     option("--examples", "masks.examples", "example images in the figure", type=int),
@@ -87,9 +77,8 @@ def run_masks(args: argparse.Namespace) -> int:
         args.overrides = [*getattr(args, "overrides", []), "masks.short_side=null"]
     settings: MaskSettings = read_settings(args, MASKS, MASK_OPTIONS)["masks"]
     pairs = pair_images_with_masks(args.images, args.masks)
-    output = usable_output_folder(args.output or default_output_folder("eval-masks", args.weights, args.images,
-                                                                       args.which), args.overwrite)
-    harness = backbone_harness(args)
+    output = common.output_folder(args, "eval-masks", args.images)
+    harness = common.backbone_harness(args)
     loaded = harness.load()
     backbone, device = loaded.module, loaded.device
     report, examples = evaluate_masks(
@@ -109,9 +98,8 @@ def run_masks(args: argparse.Namespace) -> int:
 def run_video(args: argparse.Namespace) -> int:
     settings: PropagationSettings = read_settings(args, VIDEO, VIDEO_OPTIONS)["propagation"]
     DavisLayout(args.davis, args.resolution).sequences(args.sequences)  # checked before any weights are loaded
-    output = usable_output_folder(args.output or default_output_folder("eval-video", args.weights, args.davis,
-                                                                       args.which), args.overwrite)
-    harness = backbone_harness(args)
+    output = common.output_folder(args, "eval-video", args.davis)
+    harness = common.backbone_harness(args)
     loaded = harness.load()
     report = evaluate_davis(loaded.module, args.davis, output, args.sequences, args.resolution, settings,
                             loaded.device, progress=not args.no_progress, max_frames=args.max_frames,
