@@ -322,16 +322,25 @@ def _settings_record(settings: DedupeSettings, run: BackboneHarness) -> dict[str
             "batch_size": run.batch_size}
 
 
+def _index_folder(run: BackboneHarness, files: Sequence[Path], out: Path, identity: dict[str, Any],
+                  settings: DedupeSettings, overwrite: bool,
+                  names: Sequence[str]) -> tuple[nn.Module, torch.device, Any, Any]:
+    """Load the backbone, check it suits the descriptor and index ``files`` into ``out``/index
+    (continuing a partial index); (backbone, device, store, index report)."""
+    loaded = run.load()
+    settings.spec.check(loaded.module)
+    store, report = index_images(loaded.module, files, out / INDEX, identity, settings, run, loaded.device, overwrite,
+                                 names)
+    return loaded.module, loaded.device, store, report
+
+
 def run_dedupe(run: BackboneHarness, folder: str | Path, settings: DedupeSettings = DedupeSettings(),
                output: Optional[str | Path] = None, overwrite: bool = False) -> dict[str, Any]:
     """Index ``folder``, find the pairs above the threshold and their groups, write the
     results; returns the summary written in groups.json."""
     out, files, names, identity = _prepare(run, folder, settings, output, overwrite, DEDUPE_FILES)
     with folder_lock(out, "dino dedupe"):  # one process per output folder
-        loaded = run.load()
-        backbone, device = loaded.module, loaded.device
-        settings.spec.check(backbone)
-        store, report = index_images(backbone, files, out / INDEX, identity, settings, run, device, overwrite, names)
+        backbone, device, store, report = _index_folder(run, files, out, identity, settings, overwrite, names)
         return _find_and_write(out, Path(folder), store, names, settings, device,
                                {"index": report.describe(), "settings": _settings_record(settings, run),
                                 "weights": run.describe(backbone)})
@@ -436,10 +445,7 @@ def run_query(run: BackboneHarness, folder: str | Path, queries: Sequence[str | 
         open_image(path)  # DataError when it cannot be decoded
     out, files, names, identity = _prepare(run, folder, settings, output, overwrite, QUERY_FILES)
     with folder_lock(out, "dino dedupe"):  # one process per output folder
-        loaded = run.load()
-        backbone, device = loaded.module, loaded.device
-        settings.spec.check(backbone)
-        store, report = index_images(backbone, files, out / INDEX, identity, settings, run, device, overwrite, names)
+        backbone, device, store, report = _index_folder(run, files, out, identity, settings, overwrite, names)
         rows = store.readable_rows()
         whitening = folder_whitening(store, rows, settings.tile) if settings.whiten else None
         described = describe_images(backbone, [ImageRequest(q) for q in query_files], settings.resize, settings.spec,
