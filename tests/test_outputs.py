@@ -1,4 +1,6 @@
+import errno
 import os
+import tempfile
 
 import pytest
 
@@ -32,7 +34,7 @@ def test_an_existing_file_is_replaced_only_with_overwrite(tmp_path):
         usable_output_file(tmp_path)
 
 
-def test_a_file_on_the_way_or_a_read_only_folder_is_refused(tmp_path):
+def test_a_file_on_the_way_or_a_read_only_folder_is_refused(tmp_path, monkeypatch):
     blocker = tmp_path / "a-file"
     blocker.write_text("x")
     with pytest.raises(DinoError, match="is a file, not a folder"):
@@ -41,12 +43,24 @@ def test_a_file_on_the_way_or_a_read_only_folder_is_refused(tmp_path):
     locked.mkdir()
     locked.chmod(0o500)
     try:
-        if os.access(locked, os.W_OK):  # running as a user who may write anyway (root)
-            pytest.skip("this user can write into read-only folders")
-        with pytest.raises(DinoError, match="not a writable folder"):
-            check_writable(locked / "run")
+        if not os.access(locked, os.W_OK):  # a user the permission bits bind (root is not bound)
+            with pytest.raises(DinoError, match="not a writable folder"):
+                check_writable(locked / "run")
     finally:
         locked.chmod(0o700)
+    # The two refusals whatever the user: permission bits that say no, and a filesystem that
+    # refuses the probe file although the bits say yes (root on a read-only mount).
+    with monkeypatch.context() as patched:
+        patched.setattr(os, "access", lambda path, mode: False)
+        with pytest.raises(DinoError, match="not a writable folder"):
+            check_writable(locked / "run")
+
+    def read_only(*args, **kwargs):
+        raise OSError(errno.EROFS, "Read-only file system")
+
+    monkeypatch.setattr(tempfile, "mkstemp", read_only)
+    with pytest.raises(DinoError, match="read-only filesystem"):
+        check_writable(locked / "run")
 
 
 def test_default_folders_differ_by_data_and_weights(tmp_path):
