@@ -18,8 +18,8 @@
 # --prepare copies what the check reads into device-check-data/ in the repository (git ignores
 # it; under 40 MiB): the real-image archives of the shared test data (DINOSSL_SHARED_DATA,
 # default ../shared/data), the Python files of a clone of facebookresearch/dino (DINO_REFERENCE,
-# default dino-reference or ../dino-reference; without one the comparison is skipped with its
-# reason) and pytest as pure-Python packages (the GPU image may lack it). The check itself reads
+# default dino-reference or ../dino-reference, "none" for no clone; without one the comparison is
+# skipped with its reason) and pytest as pure-Python packages (the GPU image may lack it). The check itself reads
 # only from there (DEVICE_CHECK_DATA overrides the folder).
 #
 # Environment: PYTHON (default python3), BUDGET_S (default 480), DRY_RUN=1: every part that can
@@ -42,7 +42,9 @@ if [ "${1:-}" = "--prepare" ]; then
     [ -f "$SHARED/$archive" ] || die "$SHARED/$archive not found (set DINOSSL_SHARED_DATA to the shared test data)"
   done
   REFERENCE=${DINO_REFERENCE:-}
-  if [ -z "$REFERENCE" ]; then
+  if [ "$REFERENCE" = none ]; then
+    REFERENCE=""
+  elif [ -z "$REFERENCE" ]; then
     for candidate in "$REPO/dino-reference" "$REPO/../dino-reference"; do
       [ -f "$candidate/main_dino.py" ] && REFERENCE=$candidate && break
     done
