@@ -89,7 +89,6 @@ def test_the_check_stops_at_once_without_a_gpu(prepared, tmp_path):
     assert [json.loads(line)["part"] for line in (out / "status.jsonl").read_text().splitlines()] == ["env"]
 
 
-@pytest.mark.slow
 def test_the_dry_run_runs_every_part_on_the_cpu(prepared, tmp_path):
     """DRY_RUN=1 on this CPU: every part ends with status 0 (the gpu tests skip; without a
     reference the comparisons are skipped with their reason) and leaves its JSON; the summary

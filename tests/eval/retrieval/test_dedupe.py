@@ -221,7 +221,6 @@ def test_an_output_folder_inside_the_image_folder_is_not_indexed(vit_weights, ho
     assert summary["index"]["images"] == 6 and summary["index"]["described_now"] == 0
 
 
-@pytest.mark.slow
 def test_a_killed_dedupe_resumes_where_it_stopped(vit_weights, horse_photos, tmp_path):
     """SIGKILL mid-index, then the same command: the run resumes and its descriptors equal
     those of a run that was never interrupted."""
