@@ -16,9 +16,12 @@ Measured on a 2-core AMD EPYC with AVX512-BF16, no GPU (4 epochs in bf16 autocas
 ``train.precision=auto`` picks there; deterministic on one machine), with the reference's
 schedules, position embeddings and [CLS] initialisation: k-NN 29.10 % at random init, 31.75 %
 trained (+2.65; 95 % bootstrap interval of the gain +0.25 to +5.10); view retrieval 60.55 at
-random init, 74.06 trained (+13.51). The assertions ask for about half of each gain: +1.0 k-NN
-points and +6.5 percentile points. About 2 minutes on 2 idle cores
-(``python -m pytest -s tests/learning`` prints the figures).
+random init, 74.06 trained (+13.51). On a 2-core AMD EPYC with AVX2 only (fp32, no bf16): k-NN
+29.10 -> 31.65 % (+2.55; interval +0.15 to +4.95), view retrieval 60.55 -> 74.26, 7 min 27 s.
+The k-NN assertion asks for +2.0 points, below both measured gains by about half a point of
+rounding (an assertion of +1.0 sat within one point of random init); view retrieval asks for
++6.5 percentile points, about half its gain. About 2 minutes on 2 idle cores with bf16
+(``python -m pytest -q -s -m slow tests/learning`` prints the figures).
 """
 
 from __future__ import annotations
@@ -40,7 +43,7 @@ LEARNING_RUN = Path(__file__).with_name("learning_run.yaml")  # the test's own s
 LEARNING_EPOCHS = 4
 RANDOM_INIT_PERCENTILE = 60.55  # measured, see the module docstring
 REQUIRED_GAIN = 6.5  # percentile points; about half the measured gain
-KNN_REQUIRED_GAIN = 1.0  # k-NN top-1 points; about half the measured gain (see the module docstring)
+KNN_REQUIRED_GAIN = 2.0  # k-NN top-1 points; measured +2.65 (bf16) and +2.55 (fp32), see the module docstring
 QUERIES = 1000
 # Trained teacher minus the mean-subtracted raw-pixel baseline (40.85 % on the sample), after the
 # shortened run: measured -9.10 (31.75 %); the assertion allows 2.5 points of rounding and
